@@ -1,0 +1,42 @@
+# Two commands matter: `make demo` (a local rotation to watch in the Airflow UI) and `make test`.
+# Both create the virtual environment in .venv from the pinned requirements on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: venv test lint format demo lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements.txt -r requirements-test.txt -c constraints.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/pytest
+
+demo: venv
+	$(BIN)/python -m demo
+
+# Re-pin the whole dependency tree after changing requirements*.txt.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) test-output .demo

@@ -1,0 +1,52 @@
+"""
+# Rotate a Kosli service-account API key with zero downtime
+
+For each key in the inventory, this DAG **rotates the key in Kosli**, **stores the new key in
+Vault** in the same task, **fans it out to every consumer**, **verifies** that the new key works
+everywhere, **waits out the grace period** without holding a worker slot, then makes sure the
+**old key is dead** (HTTP 401) and writes an audit entry.
+
+* Scheduled runs check every day whether the key has reached its maximum age, and rotate it then
+  (strategy `rotate`: the old key dies when Kosli's grace period ends).
+* Manual runs (after an incident or an offboarding) rotate now. They ask for a reason and default
+  to strategy `replace`: a new key, and the old key revoked as soon as every consumer has the new one.
+* Every step can be retried or cleared safely: the rotation's state lives in the key's Vault record,
+  and a later run resumes an unfinished rotation instead of starting another one.
+
+No task returns or logs a key: only Vault paths, key ids and fingerprints (`sha256:…`).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import chain
+
+from kosli_rotation.inventory import load_inventory
+from kosli_rotation.rotation import Rotation
+from kosli_rotation.taskflow import (
+    broken_entry_dag,
+    for_each_consumer,
+    rotation_dag,
+    step,
+    wait_for_grace_end,
+)
+
+inventory = load_inventory()
+
+for entry in inventory.entries:
+    rotation = Rotation(entry)
+    with rotation_dag(entry, doc_md=__doc__) as dag:
+        chain(
+            step(rotation.preflight),
+            step(rotation.rotate_and_store),
+            step(rotation.verify_new_key),
+            *for_each_consumer(rotation.fan_out),
+            *for_each_consumer(rotation.verify_consumer),
+            wait_for_grace_end(entry),
+            step(rotation.revoke_old),
+            step(rotation.confirm_old_key_dead),
+            step(rotation.finalize),
+        )
+    globals()[entry.dag_id] = dag
+
+for broken in inventory.broken:
+    globals()[broken.dag_id] = broken_entry_dag(broken)

@@ -1,0 +1,36 @@
+"""Consumer kinds, one module each, behind the interface in ``consumers.base``.
+
+To add a kind: write ``consumers/<kind>.py`` with a ``ConsumerConfig`` subclass (``kind: Literal[...]``)
+and a ``Consumer`` subclass, then add the pair to ``KINDS`` below.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Annotated
+
+from pydantic import Field
+
+from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
+from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
+from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
+
+KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
+    "vault_kv": (VaultKvConfig, VaultKvConsumer),
+    "kosli_cli_config": (KosliCliConfigConfig, KosliCliConfigConsumer),
+}
+
+#: The inventory's consumer entry: whichever config model its ``kind`` names.
+AnyConsumerConfig = Annotated[
+    functools.reduce(operator.or_, [config for config, _ in KINDS.values()]),  # type: ignore[valid-type]
+    Field(discriminator="kind"),
+]
+
+
+def build_consumer(config: ConsumerConfig) -> Consumer:
+    """The consumer object for one inventory entry."""
+    return KINDS[config.kind][1](config)
+
+
+__all__ = ["KINDS", "AnyConsumerConfig", "Consumer", "ConsumerConfig", "Verification", "build_consumer"]

@@ -1,0 +1,59 @@
+"""Errors the rotation raises, each one saying what went wrong, where, and what to do next."""
+
+from __future__ import annotations
+
+
+class RotationError(Exception):
+    """Base class. ``retryable`` tells the task wrapper whether an Airflow retry can help."""
+
+    retryable = True
+
+
+class InvalidRequestError(RotationError):
+    """A trigger parameter or the inventory asks for something that cannot be done."""
+
+    retryable = False
+
+
+class KosliApiError(RotationError):
+    """Kosli answered with an error status. The message never contains a secret."""
+
+    def __init__(self, status: int, message: str, method: str, path: str) -> None:
+        self.status = status
+        self.message = message
+        self.method = method
+        self.path = path
+        super().__init__(f"Kosli {method} {path} failed with HTTP {status}: {message}")
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status == 429 or self.status >= 500
+
+
+class KosliOutcomeUnknown(RotationError):
+    """A key-minting POST may or may not have taken effect (connection lost, 5xx after commit).
+
+    Never retried blindly: the intent record in Vault makes the next attempt reconcile
+    from Kosli's key list instead.
+    """
+
+
+class KeyStoreError(RotationError):
+    """The Vault record is missing, unreadable, or holds something this tool did not expect."""
+
+
+class ConcurrentWriteError(KeyStoreError):
+    """Another writer changed the Vault record between our read and our check-and-set write."""
+
+
+class ConsumerError(RotationError):
+    """A consumer could not be written or verified."""
+
+    def __init__(self, consumer: str, message: str, *, retryable: bool = True) -> None:
+        self.consumer = consumer
+        self.retryable = retryable  # type: ignore[misc]
+        super().__init__(f"consumer {consumer!r}: {message}")
+
+
+class VerificationError(RotationError):
+    """A key did not behave as it must (the new key refused, or the old key still accepted)."""

@@ -1,0 +1,297 @@
+"""The Vault KV v2 record that holds one Kosli key, its rotation state, and the audit trail.
+
+The record's *data* is the source of truth (the key, the previous key while a rotation is in
+flight, and the rotation state). Every write is a check-and-set on the version we read, so two
+writers can never both win. A non-secret summary is mirrored into the record's
+``custom_metadata`` for dashboards and humans who may read metadata but not the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from kosli_rotation.errors import ConcurrentWriteError, InvalidRequestError, KeyStoreError
+from kosli_rotation.fingerprints import fingerprint, hold_secret
+from kosli_rotation.retrying import backoff_delay, call_with_retries
+
+if TYPE_CHECKING:
+    import hvac
+
+MANAGED_BY = "kosli-key-rotation"
+
+
+def check_vault_path(path: str) -> str:
+    """A KV path relative to its mount: no leading slash, no empty, '.' or '..' segments."""
+    segments = path.split("/")
+    if path.startswith("/") or any(segment in ("", ".", "..") for segment in segments):
+        raise ValueError(f"{path!r} is not a path inside the KV mount (no leading '/', no empty, '.' or '..' segments)")
+    if any(not segment.replace("-", "").replace("_", "").replace(".", "").isalnum() for segment in segments):
+        raise ValueError(f"{path!r} may use only letters, digits, '-', '_', '.' and '/'")
+    return path
+
+
+VaultPath = Annotated[str, AfterValidator(check_vault_path)]
+
+
+class Phase(StrEnum):
+    """Where a key is in its rotation. Each step moves it forward and checks it first."""
+
+    IDLE = "idle"  # one key, in use; no rotation in flight
+    ROTATING = "rotating"  # intent written; the Kosli call may or may not have happened
+    STORED = "stored"  # the new key is in Vault; the old one is kept as previous_key
+    OLD_KEY_REVOKED = "old_key_revoked"  # revoked (or left to Kosli's grace expiry)
+    OLD_KEY_DEAD = "old_key_dead"  # the old key got HTTP 401
+
+
+class KeyRecord(BaseModel):
+    """Everything in the Vault record. Only ``key`` is required, so a user can seed it by hand."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    key: str
+    key_id: str | None = None
+    previous_key: str | None = None
+    previous_key_id: str | None = None
+    state: Phase = Phase.IDLE
+    run_id: str | None = None  # the run that owns the rotation in flight, or finished the last one
+    strategy: str | None = None
+    reason: str | None = None
+    triggered_by: str | None = None
+    started_at: float | None = None  # when the intent was written, before calling Kosli
+    attempt: str | None = None  # tag written into the description of keys we mint, to find orphans
+    rotated_at: float | None = None  # when the current key was stored: the key's age counts from here
+    grace_ends_at: float | None = None  # when Kosli kills the old key by itself
+    note: str | None = None
+    last_finished_run_id: str | None = None
+
+    @property
+    def grace_to_wait_for(self) -> float | None:
+        """When Kosli kills the old key by itself, if a rotation is waiting for that; else None."""
+        if self.state == Phase.STORED and self.strategy == "rotate":
+            return self.grace_ends_at
+        return None
+
+    def summary(self) -> dict[str, str]:
+        """The non-secret view mirrored into custom_metadata (Vault wants str -> str)."""
+        fields = {
+            "managed_by": MANAGED_BY,
+            "state": self.state.value,
+            "key_id": self.key_id,
+            "fingerprint": fingerprint(self.key),
+            "previous_key_id": self.previous_key_id,
+            "previous_fingerprint": fingerprint(self.previous_key) if self.previous_key else None,
+            "run_id": self.run_id,
+            "strategy": self.strategy,
+            "rotated_at": _iso(self.rotated_at),
+            "grace_ends_at": _iso(self.grace_ends_at),
+            "last_finished_run_id": self.last_finished_run_id,
+            "updated_at": _iso(time.time()),
+        }
+        return {name: value[:512] for name, value in fields.items() if value}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A record as read, with the KV version a check-and-set write must name."""
+
+    record: KeyRecord
+    version: int
+
+
+def _iso(epoch: float | None) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds") if epoch else None
+
+
+def open_vault(conn_id: str) -> tuple[hvac.Client, str]:
+    """An authenticated hvac client and the KV v2 mount named by an Airflow Vault connection."""
+    from airflow.providers.hashicorp.hooks.vault import VaultHook
+
+    try:
+        hook = VaultHook(vault_conn_id=conn_id)
+        return hook.get_conn(), hook.vault_client.mount_point
+    except Exception as error:
+        if type(error).__name__ == "AirflowNotFoundException":
+            raise InvalidRequestError(
+                f"Airflow connection {conn_id!r} is not defined: create a Vault connection "
+                f"(e.g. AIRFLOW_CONN_{conn_id.upper()}='vault://:TOKEN@host:8200/secret"
+                "?auth_type=token&kv_engine_version=2')"
+            ) from error
+        raise KeyStoreError(f"cannot connect to Vault through connection {conn_id!r}: {error}") from error
+
+
+def _vault_delay(error: Exception, attempt: int) -> float | None:
+    """Retry Vault when it is unreachable, sealed or overloaded; never on a refusal."""
+    import hvac.exceptions
+    import requests
+
+    retryable = (
+        requests.ConnectionError,
+        requests.Timeout,
+        hvac.exceptions.VaultDown,
+        hvac.exceptions.InternalServerError,
+        hvac.exceptions.RateLimitExceeded,
+        hvac.exceptions.BadGateway,
+    )
+    return backoff_delay(attempt, cap=15.0) if isinstance(error, retryable) else None
+
+
+class KeyStore:
+    """Reads and writes one key's Vault record, always with check-and-set."""
+
+    def __init__(self, path: str, *, conn_id: str = "vault_default", mount: str | None = None) -> None:
+        self.path = path
+        self.conn_id = conn_id
+        self._mount = mount
+        self._client: hvac.Client | None = None
+
+    @property
+    def client(self) -> hvac.Client:
+        if self._client is None:
+            self._client, default_mount = open_vault(self.conn_id)
+            self._mount = self._mount or default_mount
+        return self._client
+
+    @property
+    def mount(self) -> str:
+        _ = self.client
+        assert self._mount is not None
+        return self._mount
+
+    @property
+    def location(self) -> str:
+        return f"{self._mount or '<mount of ' + self.conn_id + '>'}/{self.path}"
+
+    def _kv(self) -> Any:
+        return self.client.secrets.kv.v2
+
+    def load(self, *, deadline: float | None = None) -> Snapshot:
+        """Read the record. Raises ``KeyStoreError`` naming the path when it is missing or malformed."""
+        import hvac.exceptions
+
+        def read() -> dict[str, Any]:
+            return self._kv().read_secret_version(path=self.path, mount_point=self.mount, raise_on_deleted_version=True)
+
+        try:
+            response = call_with_retries(
+                read, delay_for=_vault_delay, what=f"reading Vault {self.location}", deadline=deadline
+            )
+        except hvac.exceptions.InvalidPath as error:
+            raise KeyStoreError(
+                f"Vault record {self.location} does not exist. Store the current key there first, "
+                f"for example: bao kv put -mount={self.mount} {self.path} key=<current Kosli key>",
+            ) from error
+        except hvac.exceptions.Forbidden as error:
+            raise InvalidRequestError(
+                f"Vault denied reading {self.location}: the token of connection {self.conn_id!r} needs "
+                "the policy in vault/kosli-key-rotation.hcl"
+            ) from error
+        data = response["data"]["data"] or {}
+        try:
+            record = KeyRecord.model_validate(data)
+        except ValidationError as error:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors())
+            raise KeyStoreError(
+                f"Vault record {self.location} is malformed ({fields}); it needs at least a 'key' field"
+            ) from None
+        hold_secret(record.key)
+        if record.previous_key:
+            hold_secret(record.previous_key)
+        return Snapshot(record, int(response["data"]["metadata"]["version"]))
+
+    def save(self, record: KeyRecord, version: int, *, deadline: float | None = None) -> Snapshot:
+        """Write ``record`` only if the record is still at ``version``; return the new snapshot."""
+        import hvac.exceptions
+
+        data = record.model_dump(mode="json", exclude_none=True)
+
+        def write() -> dict[str, Any]:
+            return self._kv().create_or_update_secret(path=self.path, secret=data, cas=version, mount_point=self.mount)
+
+        try:
+            response = call_with_retries(
+                write, delay_for=_vault_delay, what=f"writing Vault {self.location}", deadline=deadline
+            )
+        except hvac.exceptions.InvalidRequest as error:
+            if "check-and-set" in str(error):
+                raise ConcurrentWriteError(
+                    f"Vault record {self.location} changed since version {version} was read"
+                ) from None
+            raise KeyStoreError(f"Vault refused the write to {self.location}: {error}") from None
+        except hvac.exceptions.Forbidden as error:
+            raise InvalidRequestError(
+                f"Vault denied writing {self.location}: the token of connection {self.conn_id!r} needs "
+                "the policy in vault/kosli-key-rotation.hcl"
+            ) from error
+        new_version = int(response["data"]["version"])
+        self._mirror_metadata(record)
+        return Snapshot(record, new_version)
+
+    def update(self, change: Callable[[KeyRecord], KeyRecord | None], *, deadline: float | None = None) -> Snapshot:
+        """Read, apply ``change``, write with check-and-set; on a conflict, read again and re-apply.
+
+        ``change`` returns None when there is nothing to write (the work is already done).
+        """
+        while True:
+            snapshot = self.load(deadline=deadline)
+            changed = change(snapshot.record.model_copy(deep=True))
+            if changed is None:
+                return snapshot
+            try:
+                return self.save(changed, snapshot.version, deadline=deadline)
+            except ConcurrentWriteError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                continue
+
+    def _mirror_metadata(self, record: KeyRecord) -> None:
+        """Best effort: the summary helps humans, but the data written just before is what counts."""
+        try:
+            self.client.adapter.post(
+                f"/v1/{self.mount}/metadata/{self.path}", json={"custom_metadata": record.summary()}
+            )
+        except Exception as error:  # the record itself is already safe
+            import logging
+
+            logging.getLogger(__name__).warning("could not update metadata of %s: %s", self.location, error)
+
+    def read_metadata(self) -> dict[str, str]:
+        """The mirrored non-secret summary (what a dashboard may read)."""
+        response = self._kv().read_secret_metadata(path=self.path, mount_point=self.mount)
+        return dict(response["data"].get("custom_metadata") or {})
+
+    def write_note(self, relative: str, data: dict[str, Any]) -> str:
+        """Write a non-secret document next to the record (audit entries, consumer status)."""
+        path = f"{self.path}/{relative}"
+        call_with_retries(
+            lambda: self._kv().create_or_update_secret(path=path, secret=data, mount_point=self.mount),
+            delay_for=_vault_delay,
+            what=f"writing Vault {self.mount}/{path}",
+        )
+        return f"{self.mount}/{path}"
+
+    def read_note(self, relative: str) -> dict[str, Any] | None:
+        import hvac.exceptions
+
+        try:
+            response = self._kv().read_secret_version(
+                path=f"{self.path}/{relative}", mount_point=self.mount, raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        return response["data"]["data"]
+
+    def list_notes(self, relative: str) -> list[str]:
+        import hvac.exceptions
+
+        try:
+            response = self._kv().list_secrets(path=f"{self.path}/{relative}", mount_point=self.mount)
+        except hvac.exceptions.InvalidPath:
+            return []
+        return list(response["data"]["keys"])

@@ -1,0 +1,239 @@
+"""Kosli's service-account API-key endpoints, on top of the HTTP provider's ``HttpHook``.
+
+The Airflow connection (default ``kosli_default``) has the Kosli base URL as host
+(``https://app.kosli.com``, ``https://app.us.kosli.com`` or a single-tenant host) and the admin API
+key that manages service-account keys as password. Reads and revocations are retried with backoff
+(honouring ``Retry-After``); a POST that mints a key is never retried after it may have reached
+Kosli, because a second POST could mint a second key and lose the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+
+from kosli_rotation.errors import InvalidRequestError, KosliApiError, KosliOutcomeUnknown, RotationError
+from kosli_rotation.fingerprints import hold_secret
+from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
+
+USER_AGENT = "kosli-key-rotation/0.1"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """Key metadata as Kosli lists it: never the secret."""
+
+    id: str
+    description: str
+    created_at: float
+    expires_at: int = 0
+    last_used_at: float | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ApiKey:
+        return cls(
+            id=str(body["id"]),
+            description=str(body.get("description") or ""),
+            created_at=float(body.get("created_at") or 0),
+            expires_at=int(body.get("expires_at") or 0),
+            last_used_at=float(body["last_used_at"]) if body.get("last_used_at") else None,
+        )
+
+
+@dataclass(frozen=True)
+class MintedKey:
+    """A key Kosli has just created or rotated. ``secret`` exists nowhere else: store it now."""
+
+    id: str
+    secret: str = field(repr=False)
+    description: str
+    created_at: float
+    grace_period_expires_at: float | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> MintedKey:
+        # The API reference and real servers return the secret in "key"; the tutorial says "api_key".
+        secret = body.get("key") or body.get("api_key")
+        if not secret or "id" not in body:
+            raise KosliOutcomeUnknown(
+                f"Kosli answered without a key id or value (fields: {sorted(body)}); "
+                "the rerun will reconcile from the key list"
+            )
+        grace = body.get("grace_period_expires_at")
+        return cls(
+            id=str(body["id"]),
+            secret=hold_secret(str(secret)),
+            description=str(body.get("description") or ""),
+            created_at=float(body.get("created_at") or 0),
+            grace_period_expires_at=float(grace) if grace else None,
+        )
+
+
+def error_message(response: requests.Response) -> str:
+    """Kosli's error text from ``{"message", "errors"}``, a bare JSON string, or a non-JSON body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason or "no message"
+    if isinstance(body, dict):
+        message = str(body.get("message") or body.get("error") or response.reason or "no message")
+        errors = body.get("errors")
+        if isinstance(errors, dict) and errors:
+            message += ": " + "; ".join(f"{name}: {text}" for name, text in errors.items())
+        elif errors:
+            message += f": {errors}"
+        return message
+    return str(body)[:300]
+
+
+def _is_transient(error: Exception) -> bool:
+    if isinstance(error, KosliApiError):
+        return error.status == 429 or (error.status >= 500 and error.status != 501)
+    return isinstance(error, requests.ConnectionError | requests.Timeout)
+
+
+class KosliHook(HttpHook):
+    """Manage one org's service-account API keys, and probe whether a given key works."""
+
+    conn_name_attr = "kosli_conn_id"
+    default_conn_name = "kosli_default"
+    conn_type = "http"
+    hook_name = "Kosli"
+
+    def __init__(self, kosli_conn_id: str = default_conn_name, *, timeout: float = 30.0, max_attempts: int = 5) -> None:
+        super().__init__(method="GET", http_conn_id=kosli_conn_id)
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self._admin_key: str | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def admin_key(self) -> str:
+        if self._admin_key is None:
+            try:
+                connection = self.get_connection(self.http_conn_id)
+            except Exception as error:
+                raise InvalidRequestError(
+                    f"Airflow connection {self.http_conn_id!r} is not defined: create an HTTP connection "
+                    "whose host is the Kosli URL (https://app.kosli.com) and whose password is an admin "
+                    "API key"
+                ) from error
+            if not connection.password:
+                raise InvalidRequestError(
+                    f"Airflow connection {self.http_conn_id!r} has no password: set it to the Kosli admin "
+                    "API key that manages service-account keys"
+                )
+            self._admin_key = hold_secret(connection.password)
+        return self._admin_key
+
+    def _endpoint(self, *parts: str) -> str:
+        if not self._base_url_initialized:
+            self._set_base_url(self.get_connection(self.http_conn_id))
+        prefix = "" if self.base_url.rstrip("/").endswith("/api/v2") else "api/v2/"
+        return prefix + "/".join(quote(part, safe="") for part in parts)
+
+    def _send_once(
+        self, method: str, endpoint: str, *, json: dict[str, Any] | None, token: str | None
+    ) -> requests.Response:
+        self.method = method
+        headers = {
+            "Authorization": f"Bearer {token or self.admin_key()}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        return self.run(
+            endpoint=endpoint,
+            json=json,
+            headers=headers,
+            extra_options={"check_response": False, "timeout": self.timeout},
+        )
+
+    def _call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        json: dict[str, Any] | None = None,
+        token: str | None = None,
+        accept: tuple[int, ...] = (200, 201),
+        mints_a_key: bool = False,
+    ) -> requests.Response:
+        """One logical call. Transient failures are retried, except where a retry could mint twice."""
+
+        def attempt() -> requests.Response:
+            response = self._send_once(method, endpoint, json=json, token=token)
+            if response.status_code in accept:
+                return response
+            error = KosliApiError(response.status_code, error_message(response), method, "/" + endpoint)
+            error.retry_after = retry_after_seconds(response.headers.get("Retry-After"))  # type: ignore[attr-defined]
+            raise error
+
+        def delay_for(error: Exception, attempt_number: int) -> float | None:
+            if mints_a_key:
+                # A 429 is a refusal before any work was done, so it alone is safe to repeat.
+                if not (isinstance(error, KosliApiError) and error.status == 429):
+                    return None
+            elif not _is_transient(error):
+                return None
+            hinted = getattr(error, "retry_after", None)
+            return hinted if hinted is not None else backoff_delay(attempt_number)
+
+        try:
+            return call_with_retries(
+                attempt,
+                delay_for=delay_for,
+                what=f"Kosli {method} /{endpoint}",
+                max_attempts=self.max_attempts,
+            )
+        except KosliApiError as error:
+            if mints_a_key and error.status >= 500:
+                raise KosliOutcomeUnknown(
+                    f"Kosli {method} /{endpoint} answered HTTP {error.status} ({error.message}); "
+                    "the key may have been minted anyway"
+                ) from None
+            raise
+        except (requests.ConnectionError, requests.Timeout) as error:
+            if mints_a_key:
+                raise KosliOutcomeUnknown(
+                    f"Kosli {method} /{endpoint}: the connection failed after sending ({type(error).__name__}); "
+                    "the key may have been minted anyway"
+                ) from None
+            raise RotationError(f"cannot reach Kosli for {method} /{endpoint}: {type(error).__name__}") from None
+
+    # -- the API --------------------------------------------------------------------------------
+
+    def list_keys(self, org: str, service_account: str) -> list[ApiKey]:
+        """Every active key of the service account (metadata only)."""
+        response = self._call("GET", self._endpoint("service-accounts", org, service_account, "api-keys"))
+        return [ApiKey.from_json(item) for item in response.json()]
+
+    def get_key(self, org: str, service_account: str, key_id: str) -> ApiKey:
+        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys", key_id)
+        return ApiKey.from_json(self._call("GET", endpoint).json())
+
+    def create_key(self, org: str, service_account: str, *, description: str) -> MintedKey:
+        """POST a new key. Not retried once it may have reached Kosli (see ``KosliOutcomeUnknown``)."""
+        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys")
+        response = self._call("POST", endpoint, json={"description": description}, mints_a_key=True)
+        return MintedKey.from_json(response.json())
+
+    def rotate_key(self, org: str, service_account: str, key_id: str, *, grace_period_hours: int) -> MintedKey:
+        """POST rotate: a new secret now, the old one valid for the grace period. Never retried blindly."""
+        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys", key_id, "rotate")
+        response = self._call("POST", endpoint, json={"grace_period_hours": grace_period_hours}, mints_a_key=True)
+        return MintedKey.from_json(response.json())
+
+    def revoke_key(self, org: str, service_account: str, key_id: str) -> bool:
+        """DELETE a key id. Returns False when Kosli says it is already gone (404), which is fine."""
+        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys", key_id)
+        response = self._call("DELETE", endpoint, accept=(200, 204, 404))
+        return response.status_code != 404
+
+    def probe(self, org: str, key: str) -> int:
+        """HTTP status Kosli gives ``key`` on ``GET /api/v2/environments/{org}``: 200, 401 or 403."""
+        response = self._call("GET", self._endpoint("environments", org), token=key, accept=(200, 401, 403))
+        return response.status_code

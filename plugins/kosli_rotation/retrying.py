@@ -1,0 +1,57 @@
+"""Bounded retry with exponential backoff, shared by every client that talks to a remote service."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 30.0) -> float:
+    """Delay before retry number ``attempt`` (0-based): 1, 2, 4, ... seconds, capped, with 10% jitter."""
+    delay = min(cap, base * (2**attempt))
+    return delay * random.uniform(0.9, 1.1)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a ``Retry-After`` header given in seconds; HTTP dates fall back to our own backoff."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def call_with_retries(
+    action: Callable[[], T],
+    *,
+    delay_for: Callable[[Exception, int], float | None],
+    what: str,
+    max_attempts: int | None = 5,
+    deadline: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``action`` until it succeeds, ``delay_for`` says stop (returns None), or the budget is spent.
+
+    ``delay_for(error, attempt)`` decides per error whether to retry and how long to wait, so a
+    429 can honour ``Retry-After`` while a 401 stops at once. The last error is re-raised.
+    """
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            delay = delay_for(error, attempt)
+            attempt += 1
+            out_of_attempts = max_attempts is not None and attempt >= max_attempts
+            past_deadline = deadline is not None and time.monotonic() + (delay or 0) > deadline
+            if delay is None or out_of_attempts or past_deadline:
+                raise
+            log.warning("%s failed (%s); retry %d in %.1fs", what, error, attempt, delay)
+            sleep(delay)

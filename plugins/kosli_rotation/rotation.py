@@ -1,0 +1,589 @@
+"""The rotation steps, in the order they run. Each first checks whether its work is already done.
+
+Kosli shows a new key once. So the state of a rotation lives in the key's Vault record, written
+with check-and-set before and after every step that changes the world, and every step reads it
+back before acting. That makes each step safe to retry after a failure or a kill at any line,
+and lets a later run resume an unfinished rotation instead of starting another one:
+
+1. ``preflight``: is the key due, do the admin key, the current key and every consumer work?
+2. ``rotate_and_store``: write an intent, ask Kosli for the new key, store it in Vault at once.
+   If a previous attempt died after its intent, reconcile from Kosli's key list first.
+3. ``verify_new_key``: the new key authenticates.
+4. ``fan_out`` / ``verify_consumer``: every consumer holds the new key (one task per consumer).
+5. ``wait_grace`` (a deferrable sensor, see ``sensors.py``): Kosli's grace period has passed.
+6. ``revoke_old`` / ``confirm_old_key_dead``: the old key gets HTTP 401 (and the new one 200).
+7. ``finalize``: drop the old key from the record and write the audit entry.
+
+Nothing here returns or logs a secret: steps hand each other Vault paths, key ids and fingerprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets as token_source
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from kosli_rotation.consumers import Consumer, build_consumer
+from kosli_rotation.errors import (
+    ConsumerError,
+    InvalidRequestError,
+    KeyStoreError,
+    KosliApiError,
+    VerificationError,
+)
+from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.inventory import KeyEntry
+from kosli_rotation.key_store import KeyRecord, KeyStore, Phase
+from kosli_rotation.kosli_hook import ApiKey, KosliHook, MintedKey
+from kosli_rotation.retrying import backoff_delay, call_with_retries
+
+log = logging.getLogger(__name__)
+
+#: A manual run does not rotate a key that was rotated this recently, unless forced.
+MIN_MANUAL_INTERVAL = 3600.0
+#: How long rotate_and_store keeps retrying the Vault write while holding a just-minted key.
+PERSIST_BUDGET = 600.0
+#: Tolerated clock difference between Kosli and the worker when matching key creation times.
+CLOCK_SKEW = 300.0
+#: Probes of the new key retry 401s for a while: a new key may take a moment to propagate.
+NEW_KEY_PROBES = 6
+#: Probes of the old key retry for a while: Kosli's revocation may lag our clock slightly.
+OLD_KEY_PROBES = 8
+
+AFTER_STORE = (Phase.STORED, Phase.OLD_KEY_REVOKED, Phase.OLD_KEY_DEAD)
+
+
+class _UnexpectedStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class RunNotNeeded(Exception):
+    """This run has nothing to do (key not due, dry run, already done). Downstream steps skip."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What one DAG run asks for, after validation. Holds no secret."""
+
+    run_id: str
+    manual: bool
+    reason: str
+    strategy: str
+    grace_hours: int
+    force: bool = False
+    dry_run: bool = False
+    triggered_by: str = "scheduler"
+
+
+def _iso(epoch: float | None) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds") if epoch else None
+
+
+def _minted_description(old_description: str, attempt: str) -> str:
+    """Keep the old key's label, and tag the new key so an interrupted attempt can find its orphans."""
+    base = re.sub(r" \(rotated \d{4}-\d{2}-\d{2} #[0-9a-f]+\)$", "", old_description) or "kosli-key-rotation"
+    suffix = f" (rotated {datetime.now(UTC):%Y-%m-%d} #{attempt})"
+    return base[: 256 - len(suffix)] + suffix
+
+
+class Rotation:
+    """The rotation steps for one inventory entry. Hooks are opened lazily, inside tasks only."""
+
+    def __init__(self, entry: KeyEntry) -> None:
+        self.entry = entry
+
+    @cached_property
+    def store(self) -> KeyStore:
+        entry = self.entry
+        return KeyStore(entry.vault_path, conn_id=entry.vault_conn_id, mount=entry.vault_mount)
+
+    @cached_property
+    def kosli(self) -> KosliHook:
+        return KosliHook(self.entry.kosli_conn_id)
+
+    def consumer(self, name: str) -> Consumer:
+        return build_consumer(self.entry.consumer(name))
+
+    @property
+    def where(self) -> str:
+        return f"{self.entry.org}/{self.entry.service_account}"
+
+    # -- 1. preflight ---------------------------------------------------------------------------
+
+    def preflight(self, run: RunRequest) -> dict[str, Any]:
+        """Check everything a rotation needs before anything changes; stop here if there is nothing to do."""
+        record = self.store.load().record
+        resuming = record.state != Phase.IDLE
+        if resuming:
+            log.info(
+                "Resuming the rotation started by run %s, now at phase %r (strategy %s)",
+                record.run_id,
+                record.state.value,
+                record.strategy,
+            )
+        elif record.last_finished_run_id == run.run_id:
+            raise RunNotNeeded(f"this run already rotated the key (now {record.key_id}); trigger a new run")
+        else:
+            self._check_due(run, record)
+
+        keys = self._list_keys_as_admin()
+        key_id = record.key_id if resuming else self._current_key_id(record, keys)
+        current_status = self.kosli.probe(self.entry.org, record.key)
+        strategy = record.strategy if resuming else run.strategy
+        if current_status != 200:
+            message = (
+                f"the key in Vault {self.store.location} ({fingerprint(record.key)}) gets HTTP "
+                f"{current_status} from Kosli: consumers using it are failing already"
+            )
+            if resuming or strategy != "replace":
+                raise VerificationError(message + "; run a manual rotation with strategy 'replace'")
+            log.warning("%s; 'replace' will create a working key", message)
+
+        consumers = [self.consumer(name) for name in self.entry.consumer_names]
+        problems: list[ConsumerError] = []
+        for consumer in consumers:
+            try:
+                consumer.check_access()
+            except ConsumerError as error:
+                problems.append(error)
+        if problems:
+            error = ConsumerError(
+                ", ".join(problem.consumer for problem in problems),
+                "not ready: " + "; ".join(str(problem) for problem in problems),
+                retryable=all(problem.retryable for problem in problems),
+            )
+            raise error
+
+        plan = {
+            "key": self.where,
+            "key_id": key_id,
+            "fingerprint": fingerprint(record.key),
+            "strategy": strategy,
+            "grace_hours": run.grace_hours if strategy == "rotate" else None,
+            "resuming": resuming,
+            "consumers": [
+                {"name": consumer.name, "target": consumer.describe(), "verify": self._how_verified(consumer)}
+                for consumer in consumers
+            ],
+        }
+        log.info("Plan for %s: %s", self.entry.dag_id, plan)
+        if run.dry_run:
+            raise RunNotNeeded("dry run: the plan above is what a real run would do; nothing was changed")
+        return plan
+
+    def _check_due(self, run: RunRequest, record: KeyRecord) -> None:
+        now = time.time()
+        if run.manual:
+            recently = record.rotated_at and now - record.rotated_at < MIN_MANUAL_INTERVAL
+            if recently and not run.force:
+                raise RunNotNeeded(
+                    f"the key was rotated {int((now - record.rotated_at) / 60)} minutes ago by run "
+                    f"{record.last_finished_run_id}; set 'force' to rotate it again"
+                )
+            return
+        born = record.rotated_at or self._key_created_at(record)
+        max_age = self.entry.max_age_days * 86400
+        if born and now - born < max_age:
+            raise RunNotNeeded(
+                f"the key is {(now - born) / 86400:.1f} days old; it is due after {self.entry.max_age_days} "
+                f"days, on {_iso(born + max_age)}"
+            )
+
+    def _key_created_at(self, record: KeyRecord) -> float | None:
+        keys = self._list_keys_as_admin()
+        key_id = self._current_key_id(record, keys)
+        return next((key.created_at for key in keys if key.id == key_id), None)
+
+    def _list_keys_as_admin(self) -> list[ApiKey]:
+        try:
+            return self.kosli.list_keys(self.entry.org, self.entry.service_account)
+        except KosliApiError as error:
+            if error.status in (401, 403):
+                raise InvalidRequestError(
+                    f"the admin key of connection {self.entry.kosli_conn_id!r} cannot manage keys of "
+                    f"{self.where} (HTTP {error.status}: {error.message})"
+                ) from None
+            if error.status == 404:
+                raise InvalidRequestError(f"Kosli has no service account {self.where}: {error.message}") from None
+            raise
+
+    def _current_key_id(self, record: KeyRecord, keys: list[ApiKey]) -> str:
+        """The id of the key in Vault: from the record, else the inventory's key_id or key_label."""
+        entry = self.entry
+        known = {key.id for key in keys}
+        if record.key_id:
+            if record.key_id not in known and record.state == Phase.IDLE:
+                raise InvalidRequestError(
+                    f"Vault record {self.store.location} names key {record.key_id}, which Kosli does not list "
+                    f"for {self.where}; fix key_id in the record"
+                )
+            return record.key_id
+        if entry.key_id:
+            if entry.key_id not in known:
+                raise InvalidRequestError(f"inventory key_id {entry.key_id} is not a key of {self.where}")
+            return entry.key_id
+        if entry.key_label:
+            matches = [key for key in keys if key.description == entry.key_label]
+            if len(matches) == 1:
+                return matches[0].id
+            listed = ", ".join(f"{key.id} ({key.description})" for key in keys) or "none"
+            raise InvalidRequestError(
+                f"inventory key_label {entry.key_label!r} matches {len(matches)} keys of {self.where} "
+                f"(keys: {listed}); set key_id instead"
+            )
+        raise InvalidRequestError(
+            f"neither the Vault record nor the inventory entry {entry.name!r} says which key of {self.where} "
+            "is in Vault: set key_id or key_label in the inventory"
+        )
+
+    @staticmethod
+    def _how_verified(consumer: Consumer) -> str:
+        return "reads the value back" if consumer.readable else "write-only: checked by metadata"
+
+    # -- 2. rotate_and_store --------------------------------------------------------------------
+
+    def rotate_and_store(self, run: RunRequest) -> dict[str, Any]:
+        """Mint the new key and store it in Vault within one task, behind an intent record."""
+        snapshot = self.store.load()
+        record = snapshot.record
+        if record.state in AFTER_STORE:
+            log.info("New key %s (%s) is already stored; nothing to do", record.key_id, fingerprint(record.key))
+            return self._reference(record)
+        if record.state == Phase.IDLE and record.last_finished_run_id == run.run_id:
+            raise RunNotNeeded("this run already finished a rotation")
+
+        keys = self._list_keys_as_admin()
+        strategy = run.strategy
+        if record.state == Phase.ROTATING:
+            strategy = self._reconcile(record, keys)
+            keys = self._list_keys_as_admin()
+        key_id = record.key_id or self._current_key_id(record, keys)
+        old_description = next((key.description for key in keys if key.id == key_id), "")
+
+        intent = record.model_copy(
+            update={
+                "state": Phase.ROTATING,
+                "key_id": key_id,
+                "run_id": run.run_id,
+                "strategy": strategy,
+                "reason": run.reason,
+                "triggered_by": run.triggered_by,
+                "started_at": time.time(),
+                "attempt": token_source.token_hex(4),
+                "grace_ends_at": None,
+            }
+        )
+        snapshot = self.store.save(intent, snapshot.version)
+        log.info(
+            "Intent recorded in Vault %s (version %d): %s key %s",
+            self.store.location,
+            snapshot.version,
+            strategy,
+            key_id,
+        )
+
+        minted = self._mint(intent, old_description, run.grace_hours, snapshot.version)
+        stored = self._persist(minted, intent)
+        log.info(
+            "Kosli minted key %s (%s); stored in Vault %s version %d. Old key %s (%s) kept until it is dead.",
+            minted.id,
+            fingerprint(minted.secret),
+            self.store.location,
+            stored.version,
+            stored.record.previous_key_id,
+            fingerprint(stored.record.previous_key or ""),
+        )
+        return self._reference(stored.record)
+
+    def _mint(self, intent: KeyRecord, old_description: str, grace_hours: int, version: int) -> MintedKey:
+        entry = self.entry
+        assert intent.key_id is not None and intent.attempt is not None
+        try:
+            if intent.strategy == "rotate":
+                return self.kosli.rotate_key(
+                    entry.org, entry.service_account, intent.key_id, grace_period_hours=grace_hours
+                )
+            return self.kosli.create_key(
+                entry.org,
+                entry.service_account,
+                description=_minted_description(old_description, intent.attempt),
+            )
+        except KosliApiError as error:
+            # Kosli refused before doing anything: withdraw the intent so the next attempt starts clean.
+            self.store.save(intent.model_copy(update={"state": Phase.IDLE, "attempt": None}), version)
+            raise error from None
+
+    def _persist(self, minted: MintedKey, intent: KeyRecord) -> Any:
+        """Store the just-minted key, retrying Vault for a bounded time: losing it is the one disaster."""
+
+        def store_new_key(record: KeyRecord) -> KeyRecord | None:
+            if record.key == minted.secret:
+                return None
+            return record.model_copy(
+                update={
+                    "previous_key": intent.key if record.key == intent.key else record.previous_key,
+                    "previous_key_id": intent.key_id,
+                    "key": minted.secret,
+                    "key_id": minted.id,
+                    "state": Phase.STORED,
+                    "rotated_at": time.time(),
+                    "grace_ends_at": minted.grace_period_expires_at if intent.strategy == "rotate" else None,
+                }
+            )
+
+        try:
+            return self.store.update(store_new_key, deadline=time.monotonic() + PERSIST_BUDGET)
+        except Exception as error:
+            log.critical(
+                "Kosli minted key %s (%s) but Vault %s could not be written: %s. The value is lost with this "
+                "task. Retrying the task reconciles: keys minted by attempt #%s are revoked and a fresh key "
+                "is created. Until then the old key keeps working.",
+                minted.id,
+                fingerprint(minted.secret),
+                self.store.location,
+                error,
+                intent.attempt,
+            )
+            raise KeyStoreError(f"could not store the new key in Vault {self.store.location}: {error}") from None
+
+    def _reconcile(self, record: KeyRecord, keys: list[ApiKey]) -> str:
+        """An earlier attempt wrote its intent but never stored a key: whatever it minted is held by
+        nobody. Revoke what can be told apart, and return the strategy that finishes safely."""
+        started = (record.started_at or 0) - CLOCK_SKEW
+        old = next((key for key in keys if key.id == record.key_id), None)
+        orphans = [
+            key
+            for key in keys
+            if key.id != record.key_id
+            and key.created_at >= started
+            and (f"#{record.attempt})" in key.description or (old and key.description == old.description))
+        ]
+        log.warning(
+            "Run %s wrote an intent at %s (attempt #%s) but stored no key: reconciling from Kosli's key list",
+            record.run_id,
+            _iso(record.started_at),
+            record.attempt,
+        )
+        for orphan in orphans:
+            self.kosli.revoke_key(self.entry.org, self.entry.service_account, orphan.id)
+            log.warning("Revoked key %s (created %s): its value was never stored", orphan.id, _iso(orphan.created_at))
+        if record.strategy == "rotate":
+            log.warning(
+                "A lost rotate may have left a secret nobody holds under key %s. Finishing with 'replace': "
+                "a new key is created, and key %s (with anything lost under it) is revoked once every "
+                "consumer holds the new key.",
+                record.key_id,
+                record.key_id,
+            )
+            return "replace"
+        return record.strategy or "replace"
+
+    def _reference(self, record: KeyRecord) -> dict[str, Any]:
+        """What downstream steps may know about the stored key: where it is, never what it is."""
+        return {
+            "vault": self.store.location,
+            "key_id": record.key_id,
+            "fingerprint": fingerprint(record.key),
+            "previous_key_id": record.previous_key_id,
+            "strategy": record.strategy,
+            "grace_ends_at": _iso(record.grace_ends_at),
+        }
+
+    def _stored_record(self) -> KeyRecord:
+        record = self.store.load().record
+        if record.state not in AFTER_STORE:
+            raise KeyStoreError(
+                f"Vault record {self.store.location} is at phase {record.state.value!r}: no new key is stored"
+            )
+        return record
+
+    # -- 3. verify_new_key ----------------------------------------------------------------------
+
+    def verify_new_key(self, run: RunRequest) -> dict[str, Any]:
+        """The new key authenticates against Kosli (retrying 401s while it propagates)."""
+        record = self._stored_record()
+        status = self._probe_until(record.key, want=200, attempts=NEW_KEY_PROBES)
+        if status != 200:
+            raise VerificationError(
+                f"the new key {record.key_id} ({fingerprint(record.key)}) gets HTTP {status}; the old key is "
+                "untouched. Check the key in Kosli before retrying"
+            )
+        log.info("New key %s (%s) works: HTTP 200", record.key_id, fingerprint(record.key))
+        return {"key_id": record.key_id, "fingerprint": fingerprint(record.key), "status": status}
+
+    def _probe_until(self, key: str, *, want: int, attempts: int) -> int:
+        """Probe ``key`` until it gets ``want``; return the last status seen."""
+
+        def probe() -> int:
+            status = self.kosli.probe(self.entry.org, key)
+            if status != want:
+                raise _UnexpectedStatus(status)
+            return status
+
+        try:
+            return call_with_retries(
+                probe,
+                delay_for=lambda error, n: backoff_delay(n) if isinstance(error, _UnexpectedStatus) else None,
+                what=f"waiting for HTTP {want} with key {fingerprint(key)}",
+                max_attempts=attempts,
+            )
+        except _UnexpectedStatus as error:
+            return error.status
+
+    # -- 4. fan_out / verify_consumer -----------------------------------------------------------
+
+    def fan_out(self, consumer_name: str, run: RunRequest) -> dict[str, Any]:
+        """Write the new key to one consumer, unless it provably holds it already."""
+        record = self._stored_record()
+        consumer = self.consumer(consumer_name)
+        key_fingerprint = fingerprint(record.key)
+        if consumer.readable and consumer.holds(record.key):
+            log.info("%s already holds %s; not written again", consumer.describe(), key_fingerprint)
+            written = False
+        else:
+            consumer.write(record.key)
+            log.info("Wrote %s to %s", key_fingerprint, consumer.describe())
+            written = True
+        return {
+            "consumer": consumer_name,
+            "fingerprint": key_fingerprint,
+            "written": written,
+            "at": time.time(),
+        }
+
+    def verify_consumer(self, consumer_name: str, run: RunRequest) -> dict[str, Any]:
+        """Prove one consumer holds the new key; record when, for the dashboard and the audit."""
+        record = self._stored_record()
+        consumer = self.consumer(consumer_name)
+        outcome = consumer.verify(record.key, written_at=record.rotated_at or 0)
+        if not outcome.ok:
+            raise ConsumerError(consumer_name, f"not verified ({outcome.method}): {outcome.detail}")
+        status = {
+            "consumer": consumer_name,
+            "kind": consumer.kind,
+            "target": consumer.describe(),
+            "fingerprint": fingerprint(record.key),
+            "key_id": record.key_id,
+            "method": outcome.method,
+            "detail": outcome.detail,
+            "verified_at": _iso(time.time()),
+            "run_id": run.run_id,
+        }
+        self.store.write_note(f"consumers/{consumer_name}", status)
+        log.info("%s verified (%s): %s", consumer.describe(), outcome.method, outcome.detail)
+        return status
+
+    # -- 5. wait_grace: see sensors.WaitForGraceEnd (KeyRecord.grace_to_wait_for) ---------------
+
+    # -- 6. revoke_old / confirm_old_key_dead ---------------------------------------------------
+
+    def revoke_old(self, run: RunRequest) -> dict[str, Any]:
+        """Revoke the old key id, unless the new key shares it (then Kosli's grace expiry did it)."""
+        record = self._stored_record()
+        if record.state != Phase.STORED:
+            log.info("Old key %s is already revoked", record.previous_key_id)
+            return {"old_key_id": record.previous_key_id, "revoked": "already"}
+        old_id = record.previous_key_id
+        if old_id is None:
+            raise KeyStoreError(f"Vault record {self.store.location} lost the old key id; cannot revoke it")
+        if old_id == record.key_id:
+            if record.grace_ends_at and time.time() < record.grace_ends_at:
+                raise VerificationError(
+                    f"the grace period of key {old_id} ends at {_iso(record.grace_ends_at)}; not revoking before"
+                )
+            how = "left to Kosli: the old secret expired with its grace period (its key id is the new key's)"
+        else:
+            revoked = self.kosli.revoke_key(self.entry.org, self.entry.service_account, old_id)
+            how = "revoked" if revoked else "already gone (404)"
+        self.store.update(
+            lambda r: r.model_copy(update={"state": Phase.OLD_KEY_REVOKED}) if r.state == Phase.STORED else None
+        )
+        log.info("Old key %s: %s", old_id, how)
+        return {"old_key_id": old_id, "revoked": how}
+
+    def confirm_old_key_dead(self, run: RunRequest) -> dict[str, Any]:
+        """The old key must get HTTP 401, and the new key must still get 200."""
+        record = self._stored_record()
+        old_fp = fingerprint(record.previous_key or "")
+        if record.state == Phase.STORED:
+            raise KeyStoreError("the old key has not been revoked yet (phase 'stored')")
+        if record.state == Phase.OLD_KEY_REVOKED:
+            if not record.previous_key:
+                raise KeyStoreError(f"Vault record {self.store.location} lost the old key; cannot probe it")
+            status = self._probe_until(record.previous_key, want=401, attempts=OLD_KEY_PROBES)
+            if status != 401:
+                raise VerificationError(
+                    f"the old key {record.previous_key_id} ({old_fp}) still gets HTTP {status} after revocation"
+                )
+            self.store.update(
+                lambda r: (
+                    r.model_copy(update={"state": Phase.OLD_KEY_DEAD}) if r.state == Phase.OLD_KEY_REVOKED else None
+                )
+            )
+        new_status = self.kosli.probe(self.entry.org, record.key)
+        if new_status != 200:
+            raise VerificationError(
+                f"after revoking the old key, the new key {record.key_id} ({fingerprint(record.key)}) gets HTTP "
+                f"{new_status}: consumers are failing. Rotate again with strategy 'replace' now"
+            )
+        log.info(
+            "Old key %s (%s) gets HTTP 401; new key %s still gets 200",
+            record.previous_key_id,
+            old_fp,
+            record.key_id,
+        )
+        return {"old_key_id": record.previous_key_id, "old_fingerprint": old_fp, "status": 401}
+
+    # -- 7. finalize ----------------------------------------------------------------------------
+
+    def finalize(self, run: RunRequest) -> dict[str, Any]:
+        """Write the audit entry, then forget the old key: the rotation is complete."""
+        record = self.store.load().record
+        if record.state == Phase.IDLE and record.last_finished_run_id == run.run_id:
+            log.info("Rotation already finalized by this run")
+            return {"key_id": record.key_id, "fingerprint": fingerprint(record.key), "finalized": "already"}
+        if record.state != Phase.OLD_KEY_DEAD:
+            raise KeyStoreError(f"cannot finalize at phase {record.state.value!r}: the old key is not confirmed dead")
+        audit = {
+            "event": "kosli-key-rotated",
+            "key": self.where,
+            "run_id": record.run_id,
+            "finished_by_run": run.run_id,
+            "triggered_by": record.triggered_by,
+            "reason": record.reason,
+            "strategy": record.strategy,
+            "old_key": {"id": record.previous_key_id, "fingerprint": fingerprint(record.previous_key or "")},
+            "new_key": {"id": record.key_id, "fingerprint": fingerprint(record.key)},
+            "consumers": {name: self.store.read_note(f"consumers/{name}") for name in self.entry.consumer_names},
+            "started_at": _iso(record.started_at),
+            "stored_at": _iso(record.rotated_at),
+            "finished_at": _iso(time.time()),
+            "note": record.note,
+        }
+        stamp = datetime.fromtimestamp(record.started_at or time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        audit_path = self.store.write_note(f"audit/{stamp}-{record.attempt or 'manual'}", audit)
+
+        def forget_old_key(r: KeyRecord) -> KeyRecord | None:
+            if r.state != Phase.OLD_KEY_DEAD:
+                return None
+            return r.model_copy(
+                update={
+                    "state": Phase.IDLE,
+                    "previous_key": None,
+                    "previous_key_id": None,
+                    "attempt": None,
+                    "grace_ends_at": None,
+                    "last_finished_run_id": run.run_id,
+                }
+            )
+
+        self.store.update(forget_old_key)
+        log.info("Rotation of %s complete; audit entry at %s: %s", self.where, audit_path, audit)
+        return {"audit": audit_path, "key_id": record.key_id, "fingerprint": fingerprint(record.key)}

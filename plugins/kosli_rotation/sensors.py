@@ -1,0 +1,80 @@
+"""The deferrable sensor that waits out Kosli's grace period without holding a worker slot."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+
+from kosli_rotation.key_store import KeyStore
+from kosli_rotation.triggers import GraceEndTrigger
+
+#: Wait this much past Kosli's reported grace end, so the old key is certainly expired.
+MARGIN_SECONDS = 2.0
+#: Kosli allows grace periods of up to 720 hours; the sensor must outlast the longest one.
+LONGEST_WAIT = timedelta(hours=721)
+
+
+class WaitForGraceEnd(BaseSensorOperator):
+    """Wait until the grace end recorded in the key's Vault record (set from Kosli's rotate answer).
+
+    The target comes from Vault, not from this task's start or the run's date, so retries and
+    resumed runs never restart the clock. With the ``replace`` strategy there is nothing to wait for.
+    """
+
+    template_fields = ("vault_path",)
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        vault_path: str,
+        vault_conn_id: str = "vault_default",
+        vault_mount: str | None = None,
+        deferrable: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("timeout", LONGEST_WAIT)
+        kwargs.setdefault("poke_interval", 60)
+        super().__init__(**kwargs)
+        self.vault_path = vault_path
+        self.vault_conn_id = vault_conn_id
+        self.vault_mount = vault_mount
+        self.deferrable = deferrable
+
+    def _wait_until(self) -> float | None:
+        store = KeyStore(self.vault_path, conn_id=self.vault_conn_id, mount=self.vault_mount)
+        ends_at = store.load().record.grace_to_wait_for
+        return ends_at + MARGIN_SECONDS if ends_at else None
+
+    def execute(self, context: Any) -> None:
+        until = self._wait_until()
+        if until is None:
+            self.log.info("No grace period to wait for (strategy 'replace', or already past this step)")
+            return
+        remaining = until - time.time()
+        if remaining <= 0:
+            self.log.info("Grace period ended at %s", datetime.fromtimestamp(until, UTC).isoformat())
+            return
+        if not self.deferrable:
+            super().execute(context)
+            return
+        self.log.info(
+            "Deferring until the grace period ends at %s (%.0f s from now); no worker slot is held",
+            datetime.fromtimestamp(until, UTC).isoformat(),
+            remaining,
+        )
+        self.defer(
+            trigger=GraceEndTrigger(ends_at=until, key=self.vault_path),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=remaining) + timedelta(hours=1),
+        )
+
+    def poke(self, context: Any) -> bool:
+        until = self._wait_until()
+        return until is None or time.time() >= until
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
+        self.log.info("Grace period over: %s", event)

@@ -1,0 +1,222 @@
+"""Airflow glue: turns the steps of ``rotation.py`` into tasks, and builds the trigger form.
+
+Kept apart from the steps so that they stay plain Python, testable without a scheduler, while
+the DAG file stays a readable list of steps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from kosli_rotation.errors import InvalidRequestError, RotationError
+from kosli_rotation.inventory import BrokenEntry, KeyEntry
+from kosli_rotation.rotation import RunNotNeeded, RunRequest
+from kosli_rotation.sensors import WaitForGraceEnd
+
+log = logging.getLogger(__name__)
+
+
+def retry_with_backoff(entry: KeyEntry) -> dict[str, Any]:
+    """Every step retries with exponential backoff. The Kosli POST inside rotate_and_store is never
+    repeated blindly: a retry of that task reconciles from the intent record in Vault instead."""
+    return {
+        "retries": entry.retries,
+        "retry_delay": timedelta(seconds=entry.retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+    }
+
+
+#: How many consumers one run writes or verifies at the same time.
+CONSUMER_CONCURRENCY = 16
+FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
+
+StepMethod = Callable[[RunRequest], dict[str, Any]]
+ConsumerStepMethod = Callable[[str, RunRequest], dict[str, Any]]
+
+
+def trigger_form(entry: KeyEntry) -> dict[str, Param]:
+    """The manual trigger form. It holds no secret: runs are told why and how, never with what key."""
+    return {
+        "reason": Param(
+            None,
+            type=["null", "string"],
+            maxLength=500,
+            title="Reason",
+            description="Why rotate now (incident, offboarding, ...). Required for manual runs; "
+            "recorded in the audit entry.",
+        ),
+        "strategy": Param(
+            "replace",
+            enum=["replace", "rotate"],
+            title="Strategy",
+            values_display={
+                "replace": "replace: new key, old key revoked as soon as every consumer has the new one",
+                "rotate": "rotate: Kosli rotate, old key dies when the grace period ends",
+            },
+            description=f"Manual runs only. Scheduled runs use the inventory's strategy ({entry.strategy}).",
+        ),
+        "grace_hours": Param(
+            entry.grace_hours,
+            type="integer",
+            minimum=1,
+            maximum=720,
+            title="Grace period (hours)",
+            description="How long Kosli keeps the old key alive after a 'rotate' (1 to 720).",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Rotate even though this key was rotated less than an hour ago.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Check everything and print the plan, change nothing.",
+        ),
+    }
+
+
+def run_request(entry: KeyEntry, context: Any) -> RunRequest:
+    """Validate what this run asks for, before any call to Kosli. Bad input fails without retry."""
+    dag_run = context["dag_run"]
+    params = context["params"]
+    manual = str(getattr(dag_run.run_type, "value", dag_run.run_type)) != "scheduled"
+    reason = str(params.get("reason") or "").strip()
+    if manual and not reason:
+        raise InvalidRequestError("parameter 'reason' is required for a manual rotation: say why you rotate now")
+    strategy = params.get("strategy") if manual else entry.strategy
+    if strategy not in ("rotate", "replace"):
+        raise InvalidRequestError(f"parameter 'strategy' must be 'replace' or 'rotate', not {strategy!r}")
+    grace = params.get("grace_hours") if manual else entry.grace_hours
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= 720:
+        raise InvalidRequestError(f"parameter 'grace_hours' must be a whole number from 1 to 720, not {grace!r}")
+    for flag in ("force", "dry_run"):
+        if not isinstance(params.get(flag, False), bool):
+            raise InvalidRequestError(f"parameter {flag!r} must be true or false, not {params.get(flag)!r}")
+    return RunRequest(
+        run_id=dag_run.run_id,
+        manual=manual,
+        reason=reason or f"scheduled: keys are rotated after {entry.max_age_days} days",
+        strategy=strategy,
+        grace_hours=grace,
+        force=bool(params.get("force")),
+        dry_run=bool(params.get("dry_run")),
+        triggered_by=getattr(dag_run, "triggering_user_name", None) or ("scheduler" if not manual else "unknown"),
+    )
+
+
+@contextmanager
+def airflow_outcome() -> Iterator[None]:
+    """Map the library's signals to Airflow's: skip, fail without retry, or fail and retry."""
+    try:
+        yield
+    except RunNotNeeded as reason:
+        raise AirflowSkipException(str(reason)) from None
+    except RotationError as error:
+        if error.retryable:
+            raise
+        raise AirflowFailException(str(error)) from None
+
+
+def step(method: StepMethod, **task_kwargs: Any) -> Any:
+    """One task running one step of ``Rotation`` for this DAG's key."""
+    entry: KeyEntry = method.__self__.entry  # type: ignore[attr-defined]
+
+    @task(task_id=method.__name__, doc_md=method.__doc__, **task_kwargs)
+    def run_step() -> dict[str, Any]:
+        context = get_current_context()
+        with airflow_outcome():
+            return method(run_request(entry, context))
+
+    return run_step()
+
+
+def for_each_consumer(method: ConsumerStepMethod, **task_kwargs: Any) -> list[Any]:
+    """One mapped task per consumer, named after it in the grid. No consumers, no task."""
+    entry: KeyEntry = method.__self__.entry  # type: ignore[attr-defined]
+    if not entry.consumers:
+        return []
+
+    @task(
+        task_id=method.__name__,
+        doc_md=method.__doc__,
+        map_index_template="{{ consumer_name }}",
+        max_active_tis_per_dagrun=CONSUMER_CONCURRENCY,
+        **task_kwargs,
+    )
+    def run_step(consumer: str) -> dict[str, Any]:
+        context = get_current_context()
+        context["consumer_name"] = consumer  # type: ignore[typeddict-unknown-key]
+        with airflow_outcome():
+            return method(consumer, run_request(entry, context))
+
+    return [run_step.expand(consumer=entry.consumer_names)]
+
+
+def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:
+    return WaitForGraceEnd(
+        task_id="wait_grace",
+        vault_path=entry.vault_path,
+        vault_conn_id=entry.vault_conn_id,
+        vault_mount=entry.vault_mount,
+        doc_md=WaitForGraceEnd.__doc__,
+    )
+
+
+def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
+    """The DAG shell for one key: a daily due check, one run at a time, retries with backoff."""
+    consumers = "\n".join(f"| {c.name} | {c.kind} |" for c in entry.consumers) or "| (none) | |"
+    return DAG(
+        dag_id=entry.dag_id,
+        dag_display_name=f"Rotate Kosli key {entry.org}/{entry.service_account}",
+        description=entry.description or f"Rotate the Kosli API key of {entry.org}/{entry.service_account}",
+        doc_md=(
+            f"{doc_md}\n\n## This key\n\n| setting | value |\n|---|---|\n"
+            f"| org / service account | {entry.org} / {entry.service_account} |\n"
+            f"| Vault record | {entry.vault_mount or '(connection mount)'}/{entry.vault_path} "
+            f"({entry.vault_conn_id}) |\n| Kosli connection | {entry.kosli_conn_id} |\n"
+            f"| scheduled strategy | {entry.strategy} (grace {entry.grace_hours} h) |\n"
+            f"| due after | {entry.max_age_days} days (checked on `{entry.schedule}` UTC) |\n\n"
+            f"| consumer | kind |\n|---|---|\n{consumers}\n"
+        ),
+        schedule=CronTriggerTimetable(entry.schedule, timezone="UTC"),
+        start_date=FIRST_DAY,
+        catchup=False,
+        max_active_runs=1,
+        default_args={"owner": entry.owner, **retry_with_backoff(entry)},
+        params=trigger_form(entry),
+        tags={"kosli", "key-rotation", f"org:{entry.org}"},
+    )
+
+
+def broken_entry_dag(broken: BrokenEntry) -> DAG:
+    """A broken inventory entry still shows up, as a DAG that explains what to fix and cannot rotate."""
+    problems = "\n".join(f"- {problem}" for problem in broken.problems)
+    for problem in broken.problems:
+        log.warning("inventory: %s", problem)
+    with DAG(
+        dag_id=broken.dag_id,
+        description="Inventory entry is invalid: " + "; ".join(broken.problems)[:200],
+        doc_md=f"# Invalid inventory entry\n\nFix the inventory; this DAG then rotates the key.\n\n{problems}\n",
+        schedule=None,
+        start_date=FIRST_DAY,
+        catchup=False,
+        tags={"kosli", "key-rotation", "inventory-error"},
+    ) as dag:
+
+        @task(task_id="inventory_error")
+        def inventory_error() -> None:
+            raise AirflowFailException("the inventory entry is invalid:\n" + problems)
+
+        inventory_error()
+    return dag

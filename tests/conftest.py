@@ -1,0 +1,76 @@
+"""Shared fixtures. Airflow reads its configuration when first imported, so the environment is set
+here, at import time, before any test module imports Airflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "test-output"
+AIRFLOW_HOME = OUTPUT / "airflow-home"
+
+shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+AIRFLOW_HOME.mkdir(parents=True)
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
+        "KOSLI_ROTATION_INVENTORY": str(REPO / "inventory.yaml"),
+    }
+)
+
+from tests.support.services import OpenBao  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata database, as ``dag.test()`` needs (about 5 s, once per session)."""
+    airflow = Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+    return AIRFLOW_HOME / "airflow.db"
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBao]:
+    bao = OpenBao.start(OUTPUT / "openbao.log")
+    yield bao
+    bao.stop()
+
+
+@pytest.fixture
+def vault_mount(openbao: OpenBao, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty KV v2 mount, and the ``vault_default`` connection pointing at it."""
+    mount = openbao.new_kv_mount()
+    monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", openbao.airflow_connection(mount))
+    return mount
+
+
+@pytest.fixture
+def kosli() -> Iterator[tuple]:
+    """The Kosli sandbox, seeded with org ``acme`` (1 Kosli hour lasts 2 s)."""
+    from tests.support.scenario import start_kosli
+
+    sandbox, admin_key, ci_key = start_kosli()
+    yield sandbox, admin_key, ci_key
+    sandbox.stop()
+
+
+@pytest.fixture
+def scenario(airflow_db, openbao, vault_mount, kosli, tmp_path, monkeypatch):
+    """One key, its Vault record and two consumers holding the current key, and the inventory."""
+    from tests.support.scenario import Scenario
+
+    monkeypatch.setenv("KOSLI_ROTATION_INVENTORY", os.environ["KOSLI_ROTATION_INVENTORY"])
+    monkeypatch.setenv("AIRFLOW_CONN_KOSLI_DEFAULT", "")
+    sandbox, admin_key, (key_id, key) = kosli
+    return Scenario(sandbox, openbao, vault_mount, tmp_path, admin_key, key_id, key).setup()
