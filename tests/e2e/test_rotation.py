@@ -1,20 +1,120 @@
-"""The real DAG, end to end, against a real OpenBao and the Kosli sandbox."""
+"""The real DAG, end to end (``dag.test()``), against a real OpenBao and the Kosli sandbox.
+
+Outcomes are checked through the sandbox and Vault directly, never through the tool's bookkeeping.
+"""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.support.scenario import (
+    AIRFLOW_LOGS,
+    find_secrets_in_database,
+    find_secrets_in_files,
+    find_secrets_in_text,
+)
+
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("strategy", ["rotate", "replace"])
-def test_rotation_leaves_one_live_key_held_by_vault_and_every_consumer(scenario, strategy):
-    run = scenario.run(strategy=strategy, grace_hours=1)
-
+def assert_rotated(scenario, run) -> str:
+    """The end state every rotation must reach; returns the new key."""
     assert run.state == "success", scenario.task_states(run)
     new_key = scenario.vault_record()["key"]
     assert new_key != scenario.old_key
     assert scenario.probe(new_key) == 200
     assert scenario.probe(scenario.old_key) == 401
-    assert scenario.live_secrets() == [new_key]
+    assert scenario.live_secrets() == [new_key], "exactly one live secret, the one in Vault"
     assert scenario.consumer_values() == {"reporter-vault": new_key, "release-cli": new_key}
+    assert "previous_key" not in scenario.vault_record(), "the old key is forgotten once dead"
+    return new_key
+
+
+@pytest.mark.parametrize("strategy", ["rotate", "replace"])
+def test_rotation_leaves_one_live_key_held_by_vault_and_every_consumer(scenario, strategy, capfd, airflow_db):
+    run = scenario.run(strategy=strategy, grace_hours=1)
+
+    new_key = assert_rotated(scenario, run)
+    metadata = scenario.vault_metadata()
+    assert metadata["state"] == "idle"
+    assert metadata["key_id"] == scenario.vault_record()["key_id"]
+    assert metadata["fingerprint"].startswith("sha256:")
+
+    secrets = [new_key, scenario.old_key]
+    output = capfd.readouterr()
+    assert not find_secrets_in_text(output.out + output.err, secrets), "a key was printed"
+    assert find_secrets_in_database(airflow_db, secrets) == []
+    assert find_secrets_in_files(AIRFLOW_LOGS, secrets) == []
+
+
+def test_rotate_waits_for_the_grace_period_before_the_old_key_dies(scenario):
+    scenario.kosli.hour_seconds = 3.0
+    run = scenario.run(strategy="rotate", grace_hours=2)
+
+    assert_rotated(scenario, run)
+    waited = scenario.task_duration(run, "wait_grace")
+    assert waited >= 2 * 3.0 - scenario.task_duration(run, "verify_consumer", "fan_out", "verify_new_key") - 1
+
+
+def test_rotate_works_when_kosli_gives_the_rotated_key_a_new_id(scenario):
+    scenario.kosli.rotate_new_id = True
+
+    assert_rotated(scenario, scenario.run(strategy="rotate", grace_hours=1))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "minting_call"),
+    [("rotate", r"/api-keys/[^/]+/rotate$"), ("replace", r"/api-keys$")],
+)
+def test_a_key_lost_between_kosli_and_vault_is_revoked_on_the_rerun(scenario, strategy, minting_call):
+    """Kosli commits the new key, then the connection drops before the answer reaches the task."""
+    scenario.kosli.hour_seconds = 60.0  # the old key must outlive the failed run and the rerun's fan-out
+    scenario.kosli.faults.add(minting_call, method="POST", action="drop_after_commit")
+
+    failed = scenario.run(strategy=strategy, grace_hours=1)
+
+    assert failed.state == "failed"
+    assert scenario.task_states(failed)["rotate_and_store"] == "failed"
+    assert scenario.vault_record()["key"] == scenario.old_key, "the old key is still the one in use"
+    assert len(scenario.live_secrets()) == 2, "Kosli holds a secret nobody has"
+
+    resumed = scenario.run(strategy=strategy, grace_hours=1)
+
+    assert_rotated(scenario, resumed)
+
+
+def test_dry_run_changes_nothing(scenario):
+    run = scenario.run(strategy="replace", dry_run=True)
+
+    assert run.state == "success"
+    states = scenario.task_states(run)
+    assert states["preflight"] == "skipped"
+    assert states["rotate_and_store"] == "skipped"
+    assert scenario.live_secrets() == [scenario.old_key]
+    assert scenario.vault_record() == {"key": scenario.old_key}
+
+
+def test_a_manual_run_without_a_reason_is_refused_before_any_call_to_kosli(scenario):
+    scenario.kosli.reset_stats()
+
+    run = scenario.run(reason="   ")
+
+    assert run.state == "failed"
+    assert scenario.task_states(run)["preflight"] == "failed"
+    assert scenario.kosli.stats()["total_requests"] == 0
+    assert scenario.live_secrets() == [scenario.old_key]
+
+
+def test_a_second_manual_run_right_after_a_rotation_needs_force(scenario):
+    first = scenario.run(strategy="replace")
+    key_after_first = assert_rotated(scenario, first)
+
+    second = scenario.run(strategy="replace")
+    assert second.state == "success"
+    assert scenario.task_states(second)["rotate_and_store"] == "skipped"
+    assert scenario.vault_record()["key"] == key_after_first
+
+    forced = scenario.run(strategy="replace", force=True)
+    assert forced.state == "success", scenario.task_states(forced)
+    assert scenario.vault_record()["key"] != key_after_first
+    assert scenario.live_secrets() == [scenario.vault_record()["key"]]

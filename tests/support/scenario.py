@@ -19,6 +19,7 @@ from sandbox.kosli import KosliSandbox
 from tests.support.services import OpenBao
 
 REPO = Path(__file__).resolve().parents[2]
+AIRFLOW_LOGS = Path(os.environ["AIRFLOW_HOME"]) / "logs"
 ORG = "acme"
 SERVICE_ACCOUNT = "ci-bot"
 RECORD_PATH = "kosli/acme/ci-bot"
@@ -115,6 +116,16 @@ class Scenario:
         with create_session() as session:
             instances = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).all()
             return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state) for ti in instances}
+
+    @staticmethod
+    def task_duration(dag_run: Any, *task_ids: str) -> float:
+        """Seconds the given tasks (all their mapped instances) took in this run, added up."""
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            instances = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).all()
+            return sum((ti.end_date - ti.start_date).total_seconds() for ti in instances if ti.task_id in task_ids)
 
     # -- looking at the world directly ----------------------------------------------------------
 

@@ -1,0 +1,229 @@
+"""``python -m demo`` (what ``make demo`` runs). See ``demo/__init__.py`` and ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from demo import REPO
+from demo.airflow_api import AirflowApi
+from demo.processes import DemoError, ManagedProcess, Supervisor, free_ports, port_is_free, shown, wait_for
+from demo.report import Check, TrackedRun, check_key, follow, print_summary
+from demo.services import (
+    ADMIN_USER,
+    HOUR_SECONDS,
+    Airflow,
+    AirflowPorts,
+    Kosli,
+    Vault,
+    start_airflow,
+    start_kosli,
+    start_vault,
+)
+from demo.state import prepare_state_dir
+from demo.world import KEYS, seed_vault_and_consumers, write_inventory
+from kosli_rotation.fingerprints import fingerprint
+
+DEFAULT_API_PORT = 8080
+SERVICE_START_TIMEOUT = 30.0
+AIRFLOW_START_TIMEOUT = 300.0  # first start migrates a fresh database; slow on 2 cores
+DAGS_LISTED_TIMEOUT = 180.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Start OpenBao, the Kosli sandbox and Airflow locally, rotate two Kosli keys and watch.",
+    )
+    parser.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="stop everything after the summary; exit 0 only if both runs succeeded and every check holds",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds until both runs must have finished (default 600)"
+    )
+    parser.add_argument("--port", type=int, help=f"port of the Airflow UI and API (default {DEFAULT_API_PORT} if free)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=REPO / ".demo", help="where logs and state go; wiped at start (default .demo)"
+    )
+    return parser.parse_args(argv)
+
+
+def choose_api_port(requested: int | None, fallback: int) -> int:
+    """8080 if free, else ``fallback``, and say so; a port asked for with --port must be free."""
+    if requested is not None:
+        if not port_is_free(requested):
+            raise DemoError(f"port {requested} (--port) is already in use: pick another one")
+        return requested
+    if port_is_free(DEFAULT_API_PORT):
+        return DEFAULT_API_PORT
+    print(f"Port {DEFAULT_API_PORT} is taken, so the Airflow UI and API use port {fallback} instead.")
+    return fallback
+
+
+class Demo:
+    """One demo: start the services, trigger two rotations, follow them, check, then wait or exit."""
+
+    def __init__(self, args: argparse.Namespace, supervisor: Supervisor) -> None:
+        self.args = args
+        self.supervisor = supervisor
+        self.state_dir: Path = args.state_dir.resolve()
+        self.deadline = time.monotonic() + args.timeout
+
+    def within(self, cap: float) -> float:
+        """A wait's own limit, cut short by what is left of --timeout."""
+        return max(0.0, min(cap, self.deadline - time.monotonic()))
+
+    def run(self) -> int:
+        prepare_state_dir(self.state_dir)
+        print(f"Kosli key rotation demo; state, logs and consumer files in {shown(self.state_dir)}/")
+        vault, kosli = self.start_services()
+        old_fingerprints = {key.name: fingerprint(kosli.seeded.secrets[key.service_account]) for key in KEYS}
+        airflow, api = self.start_airflow(vault, kosli)
+        runs = self.start_rotations(api)
+        self.print_banner(airflow, api, runs)
+        try:
+            follow(api, runs, self.supervisor, timeout=self.within(self.args.timeout))
+            passed = print_summary([(run, self.check(run, vault, kosli, old_fingerprints)) for run in runs])
+        except DemoError as error:
+            if self.args.exit_when_done:
+                raise
+            print(f"\nThe demo could not finish: {error}", file=sys.stderr)
+            passed = False
+        if self.args.exit_when_done:
+            return 0 if passed else 1
+        self.serve_until_interrupted(airflow)
+        return 0
+
+    def check(self, run: TrackedRun, vault: Vault, kosli: Kosli, old_fingerprints: dict[str, str]) -> list[Check]:
+        return check_key(
+            run,
+            vault=vault.client(),
+            kosli_url=kosli.url,
+            state_dir=self.state_dir,
+            old_fingerprint=old_fingerprints[run.key.name],
+        )
+
+    def start_services(self) -> tuple[Vault, Kosli]:
+        vault_port = free_ports(1)[0]
+        vault = start_vault(self.supervisor, self.state_dir, vault_port, self.within(SERVICE_START_TIMEOUT))
+        print(f"  OpenBao dev server   {vault.url}  (log {shown(vault.process.log)})")
+        kosli = start_kosli(self.supervisor, self.state_dir, self.within(SERVICE_START_TIMEOUT))
+        print(
+            f"  Kosli sandbox        {kosli.url}  (1 Kosli hour lasts {HOUR_SECONDS} s; log {shown(kosli.process.log)})"
+        )
+        seed_vault_and_consumers(vault.client(), kosli.seeded, self.state_dir)
+        for key in KEYS:
+            held = fingerprint(kosli.seeded.secrets[key.service_account])
+            print(f"  seeded {key.name}: key {held} in Vault, {key.consumer_vault_path} and {key.cli_consumer}")
+        return vault, kosli
+
+    def start_airflow(self, vault: Vault, kosli: Kosli) -> tuple[Airflow, AirflowApi]:
+        inventory = write_inventory(self.state_dir)
+        print(f"  inventory            {shown(inventory)} (validated: {len(KEYS)} keys)")
+        api_port, *other_ports = free_ports(4)
+        ports = AirflowPorts(choose_api_port(self.args.port, api_port), *other_ports)
+        airflow = start_airflow(self.supervisor, self.state_dir, ports, inventory=inventory, vault=vault, kosli=kosli)
+        log = shown(airflow.process.log)
+        print(f"Starting Airflow (standalone, output in {log}); the first start takes a minute or two...")
+        started = time.monotonic()
+        api = AirflowApi(airflow.url, ADMIN_USER, airflow.password)
+        watch = [airflow.process]
+        wait_for(
+            f"the Airflow API at {airflow.url}",
+            lambda: api.healthy() or None,
+            timeout=self.within(AIRFLOW_START_TIMEOUT),
+            watch=watch,
+            hint=f"Read {log}.",
+            interval=1.0,
+        )
+        api.log_in()
+        self.wait_for_dags(api, watch, log)
+        print(f"  Airflow is up after {time.monotonic() - started:.0f} s; both DAGs are parsed")
+        return airflow, api
+
+    def wait_for_dags(self, api: AirflowApi, watch: list[ManagedProcess], log: str) -> None:
+        wanted = {key.dag_id for key in KEYS}
+        try:
+            wait_for(
+                "both rotation DAGs listed by the Airflow API",
+                lambda: wanted <= api.dag_ids() or None,
+                timeout=self.within(DAGS_LISTED_TIMEOUT),
+                watch=watch,
+                hint=f"Read {log} and the UI's DAG import errors.",
+                interval=2.0,
+            )
+        except DemoError as error:
+            problems = api.import_errors()
+            if problems:
+                raise DemoError(f"{error} Import errors: {'; '.join(problems)}") from None
+            raise
+
+    def start_rotations(self, api: AirflowApi) -> list[TrackedRun]:
+        """Unpause both DAGs and trigger one manual run of each, with the strategy it demonstrates."""
+        runs = []
+        for key in KEYS:
+            api.unpause(key.dag_id)
+            runs.append(TrackedRun(key, api.trigger(key.dag_id, key.conf)))
+        return runs
+
+    def print_banner(self, airflow: Airflow, api: AirflowApi, runs: list[TrackedRun]) -> None:
+        rule = "=" * 100
+        print(f"\n{rule}")
+        print(f"Airflow UI   {airflow.url}/")
+        print(f"Login        user {ADMIN_USER}, password {airflow.password}  (also in {shown(airflow.password_file)})")
+        for run in runs:
+            conf = run.key.conf
+            how = f"strategy {conf['strategy']}" + (
+                f", grace {conf['grace_hours']} h = {conf['grace_hours'] * HOUR_SECONDS} s here"
+                if "grace_hours" in conf
+                else ""
+            )
+            print(f"DAG          {run.key.dag_id}  run {run.run_id}  ({how})")
+            print(f"               {api.run_page(run.key.dag_id, run.run_id)}")
+        state = shown(self.state_dir)
+        print(f"Logs         Airflow {state}/airflow.log, task logs {state}/airflow/logs/,")
+        print(f"             OpenBao {state}/bao.log, Kosli sandbox {state}/kosli.log")
+        print(rule)
+        print("Following the runs (Ctrl-C stops the demo):")
+
+    def serve_until_interrupted(self, airflow: Airflow) -> None:
+        print(f"\nEverything keeps running: explore {airflow.url}/ . Press Ctrl-C to stop the demo.")
+        reported: set[str] = set()
+        while True:
+            for process in self.supervisor.processes:
+                code = process.exit_code()
+                if code is not None and process.name not in reported:
+                    reported.add(process.name)
+                    print(f"{process.name} exited unexpectedly (code {code}); read {shown(process.log)}")
+            time.sleep(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows at once when piped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the demo like Ctrl-C
+    supervisor = Supervisor()
+    try:
+        return Demo(args, supervisor).run()
+    except DemoError as error:
+        print(f"\nThe demo failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted.")
+        return 1 if args.exit_when_done else 0
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
+        if supervisor.processes:
+            print("Stopping Airflow, the Kosli sandbox and OpenBao...")
+            supervisor.stop_all()
+            print("Stopped.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

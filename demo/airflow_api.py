@@ -1,0 +1,77 @@
+"""The few calls of Airflow's REST API (v2) the demo makes: log in, find, unpause, trigger and watch DAGs.
+
+The demo drives Airflow the way a user's script would, through the public API, never its database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from demo.processes import DemoError
+
+TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+
+
+class AirflowApi:
+    """A logged-in session against the API server; logs in again when the token expires."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url
+        self._credentials = {"username": username, "password": password}
+        self._session = requests.Session()
+
+    def healthy(self) -> bool:
+        """The API server answers (the health endpoint needs no login)."""
+        return requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).status_code == 200
+
+    def log_in(self) -> None:
+        response = requests.post(f"{self.url}/auth/token", json=self._credentials, timeout=10)
+        if response.status_code not in (200, 201):
+            raise DemoError(f"logging in to Airflow as {self._credentials['username']} failed: {_describe(response)}")
+        self._session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", 15)
+        response = self._session.request(method, f"{self.url}/api/v2{path}", **kwargs)
+        if response.status_code == 401:
+            self.log_in()
+            response = self._session.request(method, f"{self.url}/api/v2{path}", **kwargs)
+        if not response.ok:
+            raise DemoError(f"Airflow API {method} {path} failed: {_describe(response)}")
+        return response.json()
+
+    def dag_ids(self) -> set[str]:
+        return {dag["dag_id"] for dag in self._call("GET", "/dags", params={"limit": 100})["dags"]}
+
+    def import_errors(self) -> list[str]:
+        errors = self._call("GET", "/importErrors")["import_errors"]
+        return [f"{error['filename']}: {error['stack_trace'].strip().splitlines()[-1]}" for error in errors]
+
+    def unpause(self, dag_id: str) -> None:
+        self._call("PATCH", f"/dags/{quote(dag_id)}", json={"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """Start a manual run now (no logical date, as the UI does); return its run id."""
+        run = self._call("POST", f"/dags/{quote(dag_id)}/dagRuns", json={"logical_date": None, "conf": conf})
+        return str(run["dag_run_id"])
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/dags/{quote(dag_id)}/dagRuns", params={"limit": 100})["dag_runs"]
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+        return self._call("GET", path, params={"limit": 100})["task_instances"]
+
+    def run_page(self, dag_id: str, run_id: str) -> str:
+        """Where the UI shows this run's grid and logs."""
+        return f"{self.url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+
+
+def _describe(response: requests.Response) -> str:
+    return f"HTTP {response.status_code} {response.text[:300].strip()}"

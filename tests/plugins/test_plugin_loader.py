@@ -1,0 +1,66 @@
+"""Airflow's plugin loader imports every .py under plugins/ as a top-level module named by its file
+stem. The library must stay out of that scan, or its modules would shadow real packages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_PACKAGES = ["github", "gitlab", "kubernetes", "jenkins", "hvac", "boto3", "yaml", "nacl", "pydantic"]
+
+LOAD_PLUGINS_AND_REPORT = """
+import json, sys
+from airflow import plugins_manager
+plugins_manager.ensure_plugins_loaded()
+import {packages}
+print(json.dumps({{
+    "files": {{name: getattr(sys.modules[name], "__file__", None) for name in {names!r}}},
+    "top_level": sorted(name for name in sys.modules if "." not in name),
+    "import_errors": plugins_manager.get_import_errors(),
+}}))
+"""
+
+
+def load_plugins(plugins_folder: Path, tmp_path: Path) -> dict:
+    """Load plugins the way every Airflow component does, in a clean interpreter."""
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    code = LOAD_PLUGINS_AND_REPORT.format(packages=", ".join(REAL_PACKAGES), names=REAL_PACKAGES)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def library_module_stems() -> set[str]:
+    return {path.stem for path in (REPO / "plugins" / "kosli_rotation").rglob("*.py")} - {"__init__"}
+
+
+def test_real_packages_still_resolve_after_airflow_loads_our_plugins(tmp_path):
+    report = load_plugins(REPO / "plugins", tmp_path)
+
+    site_packages = sysconfig.get_paths()["purelib"]
+    for name, file in report["files"].items():
+        assert file and file.startswith(site_packages), f"{name} resolved to {file}, not the installed package"
+    assert not library_module_stems() & set(report["top_level"]), "library modules were loaded as plugins"
+    assert report["import_errors"] == {}
+
+
+def test_without_the_ignore_file_a_plugin_module_shadows_the_real_package(tmp_path):
+    """The hazard the ignore file prevents, shown on a throwaway plugins folder."""
+    plugins = tmp_path / "plugins"
+    (plugins / "lib").mkdir(parents=True)
+    (plugins / "lib" / "github.py").write_text("SHADOW = True\n")
+
+    report = load_plugins(plugins, tmp_path)
+
+    assert report["files"]["github"] == str(plugins / "lib" / "github.py")
