@@ -190,7 +190,7 @@ class KeyStore:
         except hvac.exceptions.Forbidden as error:
             raise InvalidRequestError(
                 f"Vault denied reading {self.location}: the token of connection {self.conn_id!r} needs "
-                "the policy in vault/kosli-key-rotation.hcl"
+                "the policy printed by `python -m kosli_rotation.vault_policy`"
             ) from error
         data = response["data"]["data"] or {}
         try:
@@ -227,7 +227,7 @@ class KeyStore:
         except hvac.exceptions.Forbidden as error:
             raise InvalidRequestError(
                 f"Vault denied writing {self.location}: the token of connection {self.conn_id!r} needs "
-                "the policy in vault/kosli-key-rotation.hcl"
+                "the policy printed by `python -m kosli_rotation.vault_policy`"
             ) from error
         new_version = int(response["data"]["version"])
         self._mirror_metadata(record)

@@ -1,0 +1,88 @@
+"""The Vault record against a real OpenBao: check-and-set, clear errors, the non-secret summary."""
+
+from __future__ import annotations
+
+import pytest
+
+from kosli_rotation.errors import ConcurrentWriteError, InvalidRequestError, KeyStoreError
+from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.key_store import KeyStore, Phase
+
+
+@pytest.fixture
+def store(vault_mount) -> KeyStore:
+    return KeyStore("kosli/acme/ci-bot")
+
+
+@pytest.fixture
+def kv(openbao, vault_mount):
+    return openbao.client().secrets.kv.v2
+
+
+def test_a_missing_record_says_where_and_how_to_create_it(store, vault_mount):
+    with pytest.raises(KeyStoreError) as error:
+        store.load()
+    assert f"{vault_mount}/kosli/acme/ci-bot does not exist" in str(error.value)
+    assert f"bao kv put -mount={vault_mount} kosli/acme/ci-bot key=" in str(error.value)
+
+
+def test_a_record_without_a_key_is_malformed(store, kv, vault_mount):
+    kv.create_or_update_secret(path="kosli/acme/ci-bot", secret={"token": "x"}, mount_point=vault_mount)
+    with pytest.raises(KeyStoreError, match="malformed \\(key\\); it needs at least a 'key' field"):
+        store.load()
+
+
+def test_writes_are_check_and_set(store, kv, vault_mount):
+    kv.create_or_update_secret(path="kosli/acme/ci-bot", secret={"key": "a" * 43}, mount_point=vault_mount)
+    snapshot = store.load()
+    store.save(snapshot.record.model_copy(update={"state": Phase.ROTATING}), snapshot.version)
+
+    with pytest.raises(ConcurrentWriteError, match="changed since version 1"):
+        store.save(snapshot.record.model_copy(update={"state": Phase.STORED}), snapshot.version)
+    assert store.load().record.state == Phase.ROTATING
+
+
+def test_update_reapplies_its_change_after_losing_a_race(store, kv, vault_mount):
+    kv.create_or_update_secret(path="kosli/acme/ci-bot", secret={"key": "a" * 43}, mount_point=vault_mount)
+    calls = []
+
+    def change(record):
+        calls.append(record.model_copy())
+        if len(calls) == 1:  # another writer gets in between our read and our write
+            kv.create_or_update_secret(
+                path="kosli/acme/ci-bot", secret={"key": "a" * 43, "note": "other writer"}, mount_point=vault_mount
+            )
+        return record.model_copy(update={"key_id": "k1"})
+
+    snapshot = store.update(change)
+    assert len(calls) == 2 and calls[1].note == "other writer"
+    assert snapshot.record.key_id == "k1" and snapshot.record.note == "other writer"
+
+
+def test_the_metadata_summary_never_holds_the_key(store, kv, vault_mount):
+    key = "b" * 43
+    kv.create_or_update_secret(path="kosli/acme/ci-bot", secret={"key": key}, mount_point=vault_mount)
+    snapshot = store.load()
+    store.save(snapshot.record.model_copy(update={"key_id": "k9", "previous_key": "c" * 43}), snapshot.version)
+
+    summary = store.read_metadata()
+    assert summary["key_id"] == "k9"
+    assert summary["fingerprint"] == fingerprint(key)
+    assert summary["previous_fingerprint"] == fingerprint("c" * 43)
+    assert summary["managed_by"] == "kosli-key-rotation"
+    assert not any(key in value or "c" * 43 in value for value in summary.values())
+
+
+def test_a_token_without_the_policy_is_told_which_policy_it_needs(openbao, vault_mount, monkeypatch):
+    client = openbao.client()
+    token = client.auth.token.create(policies=["default"], ttl="10m")["auth"]["client_token"]
+    monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", openbao.airflow_connection(vault_mount, token=token))
+
+    with pytest.raises(InvalidRequestError, match=r"kosli_rotation\.vault_policy"):
+        KeyStore("kosli/acme/ci-bot").load()
+
+
+def test_a_missing_connection_is_named(monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_VAULT_OTHER", raising=False)
+    with pytest.raises(InvalidRequestError, match="connection 'vault_other' is not defined"):
+        KeyStore("x", conn_id="vault_other").load()
