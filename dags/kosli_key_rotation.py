@@ -24,7 +24,8 @@ from kosli_rotation.inventory import load_inventory
 from kosli_rotation.rotation import Rotation
 from kosli_rotation.taskflow import (
     broken_entry_dag,
-    for_each_consumer,
+    for_each_consumer_batch,
+    gate,
     rotation_dag,
     step,
     wait_for_grace_end,
@@ -39,8 +40,9 @@ for entry in inventory.entries:
             step(rotation.preflight),
             step(rotation.rotate_and_store),
             step(rotation.verify_new_key),
-            *for_each_consumer(rotation.fan_out),
-            *for_each_consumer(rotation.verify_consumer),
+            *for_each_consumer_batch(rotation.fan_out),
+            *for_each_consumer_batch(rotation.verify_consumers),
+            gate(rotation.all_consumers_verified),
             wait_for_grace_end(entry),
             step(rotation.revoke_old),
             step(rotation.confirm_old_key_dead),

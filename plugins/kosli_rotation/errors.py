@@ -57,3 +57,9 @@ class ConsumerError(RotationError):
 
 class VerificationError(RotationError):
     """A key did not behave as it must (the new key refused, or the old key still accepted)."""
+
+
+class OldKeyStillInUse(VerificationError):
+    """Kosli saw the old key used after every consumer had the new one: something unlisted needs it."""
+
+    retryable = False

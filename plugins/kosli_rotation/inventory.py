@@ -61,6 +61,9 @@ class KeyEntry(BaseModel):
     retry_delay_seconds: int = Field(default=20, ge=1, le=3600, description="First retry delay; doubles.")
     description: str | None = None
     consumers: list[AnyConsumerConfig] = Field(default_factory=list)
+    fan_out_batch_size: int = Field(
+        default=10, ge=1, le=500, description="Consumers of one kind and connection handled by one task."
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -87,6 +90,19 @@ class KeyEntry(BaseModel):
     @property
     def consumer_names(self) -> list[str]:
         return [consumer.name for consumer in self.consumers]
+
+    @property
+    def consumer_batches(self) -> list[list[str]]:
+        """Consumers grouped by kind and connection (one account, one rate limit), in chunks.
+
+        One mapped task per batch: a task per consumer would cost a process start each, which
+        dominates fan-out to hundreds of consumers; a batch writes its consumers concurrently.
+        """
+        groups: dict[tuple[str, str], list[str]] = {}
+        for consumer in self.consumers:
+            groups.setdefault((consumer.kind, str(getattr(consumer, "conn_id", ""))), []).append(consumer.name)
+        size = self.fan_out_batch_size
+        return [names[i : i + size] for names in groups.values() for i in range(0, len(names), size)]
 
     def consumer(self, name: str) -> Any:
         for consumer in self.consumers:

@@ -68,6 +68,8 @@ class KeyRecord(BaseModel):
     attempt: str | None = None  # tag written into the description of keys we mint, to find orphans
     rotated_at: float | None = None  # when the current key was stored: the key's age counts from here
     grace_ends_at: float | None = None  # when Kosli kills the old key by itself
+    consumers_verified_at: float | None = None  # when the last consumer was proven to hold the new key
+    old_key_last_used_at: float | None = None  # Kosli's last_used_at of the old key id at that moment
     note: str | None = None
     last_finished_run_id: str | None = None
 
@@ -91,6 +93,7 @@ class KeyRecord(BaseModel):
             "strategy": self.strategy,
             "rotated_at": _iso(self.rotated_at),
             "grace_ends_at": _iso(self.grace_ends_at),
+            "consumers_verified_at": _iso(self.consumers_verified_at),
             "last_finished_run_id": self.last_finished_run_id,
             "updated_at": _iso(time.time()),
         }

@@ -9,7 +9,8 @@ and lets a later run resume an unfinished rotation instead of starting another o
 2. ``rotate_and_store``: write an intent, ask Kosli for the new key, store it in Vault at once.
    If a previous attempt died after its intent, reconcile from Kosli's key list first.
 3. ``verify_new_key``: the new key authenticates.
-4. ``fan_out`` / ``verify_consumer``: every consumer holds the new key (one task per consumer).
+4. ``fan_out`` / ``verify_consumers`` / ``all_consumers_verified``: every consumer holds the new key
+   (one mapped task per batch of consumers of one kind and account; the gate lists any that do not).
 5. ``wait_grace`` (a deferrable sensor, see ``sensors.py``): Kosli's grace period has passed.
 6. ``revoke_old`` / ``confirm_old_key_dead``: the old key gets HTTP 401 (and the new one 200).
 7. ``finalize``: drop the old key from the record and write the audit entry.
@@ -23,6 +24,8 @@ import logging
 import re
 import secrets as token_source
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -34,6 +37,7 @@ from kosli_rotation.errors import (
     InvalidRequestError,
     KeyStoreError,
     KosliApiError,
+    OldKeyStillInUse,
     VerificationError,
 )
 from kosli_rotation.fingerprints import fingerprint
@@ -437,48 +441,137 @@ class Rotation:
         except _UnexpectedStatus as error:
             return error.status
 
-    # -- 4. fan_out / verify_consumer -----------------------------------------------------------
+    # -- 4. fan_out / verify_consumers / all_consumers_verified --------------------------------
 
-    def fan_out(self, consumer_name: str, run: RunRequest) -> dict[str, Any]:
-        """Write the new key to one consumer, unless it provably holds it already."""
+    def fan_out(self, batch: list[str], run: RunRequest) -> dict[str, Any]:
+        """Write the new key to a batch of consumers, skipping those that already hold it."""
         record = self._stored_record()
-        consumer = self.consumer(consumer_name)
+        return self._for_each_consumer(batch, lambda consumer: self._write_one(consumer, record))
+
+    def _write_one(self, consumer: Consumer, record: KeyRecord) -> str:
         key_fingerprint = fingerprint(record.key)
+        status = self._consumer_status(consumer.name)
         if consumer.readable and consumer.holds(record.key):
-            log.info("%s already holds %s; not written again", consumer.describe(), key_fingerprint)
-            written = False
+            outcome = f"already holds {key_fingerprint}"
+        elif not consumer.readable and status.get("written_fingerprint") == key_fingerprint:
+            outcome = f"{key_fingerprint} was written at {status.get('written_at')} (write-only: not read back)"
         else:
             consumer.write(record.key)
-            log.info("Wrote %s to %s", key_fingerprint, consumer.describe())
-            written = True
-        return {
-            "consumer": consumer_name,
-            "fingerprint": key_fingerprint,
-            "written": written,
-            "at": time.time(),
-        }
+            status = {**status, "written_fingerprint": key_fingerprint, "written_at": _iso(time.time())}
+            self._save_consumer_status(consumer, status)
+            outcome = f"wrote {key_fingerprint}"
+        log.info("%s: %s", consumer.describe(), outcome)
+        return outcome
 
-    def verify_consumer(self, consumer_name: str, run: RunRequest) -> dict[str, Any]:
-        """Prove one consumer holds the new key; record when, for the dashboard and the audit."""
+    def verify_consumers(self, batch: list[str], run: RunRequest) -> dict[str, Any]:
+        """Prove each consumer of a batch holds the new key; record when, for the gate and the audit."""
         record = self._stored_record()
-        consumer = self.consumer(consumer_name)
+        return self._for_each_consumer(batch, lambda consumer: self._verify_one(consumer, record, run))
+
+    def _verify_one(self, consumer: Consumer, record: KeyRecord, run: RunRequest) -> str:
         outcome = consumer.verify(record.key, written_at=record.rotated_at or 0)
         if not outcome.ok:
-            raise ConsumerError(consumer_name, f"not verified ({outcome.method}): {outcome.detail}")
+            raise ConsumerError(consumer.name, f"not verified ({outcome.method}): {outcome.detail}")
         status = {
-            "consumer": consumer_name,
-            "kind": consumer.kind,
-            "target": consumer.describe(),
-            "fingerprint": fingerprint(record.key),
-            "key_id": record.key_id,
+            **self._consumer_status(consumer.name),
+            "verified_fingerprint": fingerprint(record.key),
+            "verified_key_id": record.key_id,
+            "verified_at": _iso(time.time()),
             "method": outcome.method,
             "detail": outcome.detail,
-            "verified_at": _iso(time.time()),
             "run_id": run.run_id,
         }
-        self.store.write_note(f"consumers/{consumer_name}", status)
+        self._save_consumer_status(consumer, status)
         log.info("%s verified (%s): %s", consumer.describe(), outcome.method, outcome.detail)
-        return status
+        return f"verified ({outcome.method})"
+
+    def all_consumers_verified(self, run: RunRequest) -> dict[str, Any]:
+        """The gate before any revocation: every consumer is proven to hold the current key."""
+        record = self._stored_record()
+        missing = self._unverified_consumers(record)
+        if missing:
+            raise ConsumerError(
+                ", ".join(missing),
+                f"not verified with the new key {record.key_id} ({fingerprint(record.key)}), so the old key "
+                f"{record.previous_key_id} is NOT revoked. {self._old_key_outlook(record)} Fix the consumers, "
+                "then clear their failed tasks (or trigger a new run: it resumes here).",
+                retryable=False,
+            )
+        if record.consumers_verified_at is None:
+            baseline = self._old_key_last_used_at(record)
+            record = self.store.update(
+                lambda r: (
+                    r.model_copy(update={"consumers_verified_at": time.time(), "old_key_last_used_at": baseline})
+                    if r.consumers_verified_at is None
+                    else None
+                )
+            ).record
+        log.info("All %d consumers hold %s", len(self.entry.consumers), fingerprint(record.key))
+        return {"consumers": len(self.entry.consumers), "verified_at": _iso(record.consumers_verified_at)}
+
+    def _unverified_consumers(self, record: KeyRecord) -> list[str]:
+        current = fingerprint(record.key)
+        return [
+            name
+            for name in self.entry.consumer_names
+            if self._consumer_status(name).get("verified_fingerprint") != current
+        ]
+
+    def _old_key_last_used_at(self, record: KeyRecord) -> float | None:
+        """When Kosli last saw the old key id used (only meaningful when the new key has another id)."""
+        if not record.previous_key_id or record.previous_key_id == record.key_id:
+            return None
+        try:
+            return self.kosli.get_key(self.entry.org, self.entry.service_account, record.previous_key_id).last_used_at
+        except KosliApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    @staticmethod
+    def _old_key_outlook(record: KeyRecord) -> str:
+        if record.grace_to_wait_for:
+            hours = (record.grace_to_wait_for - time.time()) / 3600
+            return (
+                f"Kosli revokes the old key by itself at {_iso(record.grace_to_wait_for)} "
+                f"({hours:.1f} h from now): consumers still on it break then."
+            )
+        return "The old key stays valid until this run revokes it."
+
+    def _for_each_consumer(self, names: list[str], action: Callable[[Consumer], str]) -> dict[str, Any]:
+        """Run ``action`` on each consumer concurrently (bounded by its kind), isolating failures."""
+        consumers = [self.consumer(name) for name in names]
+        workers = max(1, min(len(consumers), min(type(c).max_concurrency for c in consumers)))
+        outcomes: dict[str, str] = {}
+        failures: list[ConsumerError] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="consumer") as pool:
+            futures = {pool.submit(action, consumer): consumer for consumer in consumers}
+            for future in as_completed(futures):
+                consumer = futures[future]
+                try:
+                    outcomes[consumer.name] = future.result()
+                except ConsumerError as error:
+                    failures.append(error)
+                except Exception as error:  # an unexpected failure of one consumer must not hide the others
+                    failures.append(ConsumerError(consumer.name, f"{type(error).__name__}: {error}"))
+        for failure in failures:
+            log.error("%s", failure)
+        if failures:
+            raise ConsumerError(
+                ", ".join(sorted(f.consumer for f in failures)),
+                f"{len(failures)} of {len(consumers)} failed: " + "; ".join(str(f) for f in failures),
+                retryable=all(f.retryable for f in failures),
+            )
+        return {"consumers": outcomes}
+
+    def _consumer_status(self, name: str) -> dict[str, Any]:
+        return self.store.read_note(f"consumers/{name}") or {}
+
+    def _save_consumer_status(self, consumer: Consumer, status: dict[str, Any]) -> None:
+        self.store.write_note(
+            f"consumers/{consumer.name}",
+            {**status, "consumer": consumer.name, "kind": consumer.kind, "target": consumer.describe()},
+        )
 
     # -- 5. wait_grace: see sensors.WaitForGraceEnd (KeyRecord.grace_to_wait_for) ---------------
 
@@ -493,6 +586,11 @@ class Rotation:
         old_id = record.previous_key_id
         if old_id is None:
             raise KeyStoreError(f"Vault record {self.store.location} lost the old key id; cannot revoke it")
+        missing = self._unverified_consumers(record)
+        if missing:
+            raise ConsumerError(", ".join(missing), "not verified with the new key: the old key is not revoked")
+        if record.strategy == "replace" and not run.force:
+            self._check_old_key_unused(record)
         if old_id == record.key_id:
             if record.grace_ends_at and time.time() < record.grace_ends_at:
                 raise VerificationError(
@@ -507,6 +605,18 @@ class Rotation:
         )
         log.info("Old key %s: %s", old_id, how)
         return {"old_key_id": old_id, "revoked": how}
+
+    def _check_old_key_unused(self, record: KeyRecord) -> None:
+        """``replace`` revokes at once, so first make sure nothing unlisted still uses the old key."""
+        used_at = self._old_key_last_used_at(record)
+        baseline = record.old_key_last_used_at
+        if used_at and (baseline is None or used_at > baseline):
+            raise OldKeyStillInUse(
+                f"the old key {record.previous_key_id} was used at {_iso(used_at)}, after every listed consumer "
+                f"had the new key ({_iso(record.consumers_verified_at)}): something not in the inventory (or a "
+                "job that started before the fan-out) still uses it, and would break now. Find it, give it the "
+                "new key, then trigger a run with 'force' to revoke the old key anyway."
+            )
 
     def confirm_old_key_dead(self, run: RunRequest) -> dict[str, Any]:
         """The old key must get HTTP 401, and the new key must still get 200."""

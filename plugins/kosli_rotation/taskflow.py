@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, CronTriggerTimetable, Param, get_current_context, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kosli_rotation.errors import InvalidRequestError, RotationError
@@ -34,12 +34,12 @@ def retry_with_backoff(entry: KeyEntry) -> dict[str, Any]:
     }
 
 
-#: How many consumers one run writes or verifies at the same time.
-CONSUMER_CONCURRENCY = 16
+#: How many consumer batches one run writes or verifies at the same time.
+CONSUMER_TASK_CONCURRENCY = 8
 FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
 StepMethod = Callable[[RunRequest], dict[str, Any]]
-ConsumerStepMethod = Callable[[str, RunRequest], dict[str, Any]]
+ConsumerStepMethod = Callable[[list[str], RunRequest], dict[str, Any]]
 
 
 def trigger_form(entry: KeyEntry) -> dict[str, Param]:
@@ -141,8 +141,8 @@ def step(method: StepMethod, **task_kwargs: Any) -> Any:
     return run_step()
 
 
-def for_each_consumer(method: ConsumerStepMethod, **task_kwargs: Any) -> list[Any]:
-    """One mapped task per consumer, named after it in the grid. No consumers, no task."""
+def for_each_consumer_batch(method: ConsumerStepMethod, **task_kwargs: Any) -> list[Any]:
+    """One mapped task per batch of consumers, labelled with their names in the grid. No consumers, no task."""
     entry: KeyEntry = method.__self__.entry  # type: ignore[attr-defined]
     if not entry.consumers:
         return []
@@ -150,17 +150,22 @@ def for_each_consumer(method: ConsumerStepMethod, **task_kwargs: Any) -> list[An
     @task(
         task_id=method.__name__,
         doc_md=method.__doc__,
-        map_index_template="{{ consumer_name }}",
-        max_active_tis_per_dagrun=CONSUMER_CONCURRENCY,
+        map_index_template="{{ consumer_batch }}",
+        max_active_tis_per_dagrun=CONSUMER_TASK_CONCURRENCY,
         **task_kwargs,
     )
-    def run_step(consumer: str) -> dict[str, Any]:
+    def run_step(batch: list[str]) -> dict[str, Any]:
         context = get_current_context()
-        context["consumer_name"] = consumer  # type: ignore[typeddict-unknown-key]
+        context["consumer_batch"] = ", ".join(batch)  # type: ignore[typeddict-unknown-key]
         with airflow_outcome():
-            return method(consumer, run_request(entry, context))
+            return method(batch, run_request(entry, context))
 
-    return [run_step.expand(consumer=entry.consumer_names)]
+    return [run_step.expand(batch=entry.consumer_batches)]
+
+
+def gate(method: StepMethod) -> Any:
+    """A step that runs even when some upstream consumer task failed, to say which and what it means."""
+    return step(method, trigger_rule=TriggerRule.NONE_SKIPPED)
 
 
 def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:

@@ -45,6 +45,8 @@ class Consumer(ABC, Generic[ConfigT]):
     kind: ClassVar[str]
     #: Whether the stored value can be read back, so writes can be skipped and verified by fingerprint.
     readable: ClassVar[bool] = True
+    #: How many consumers of this kind one task writes or verifies at once (the service's rate limits).
+    max_concurrency: ClassVar[int] = 8
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
