@@ -151,19 +151,8 @@ class Rotation:
             log.warning("%s; 'replace' will create a working key", message)
 
         consumers = [self.consumer(name) for name in self.entry.consumer_names]
-        problems: list[ConsumerError] = []
-        for consumer in consumers:
-            try:
-                consumer.check_access()
-            except ConsumerError as error:
-                problems.append(error)
-        if problems:
-            error = ConsumerError(
-                ", ".join(problem.consumer for problem in problems),
-                "not ready: " + "; ".join(str(problem) for problem in problems),
-                retryable=all(problem.retryable for problem in problems),
-            )
-            raise error
+        if consumers:
+            self._for_each_consumer(self.entry.consumer_names, self._check_access)
 
         plan = {
             "key": self.where,
@@ -246,6 +235,11 @@ class Rotation:
             f"neither the Vault record nor the inventory entry {entry.name!r} says which key of {self.where} "
             "is in Vault: set key_id or key_label in the inventory"
         )
+
+    @staticmethod
+    def _check_access(consumer: Consumer) -> str:
+        consumer.check_access()
+        return "reachable"
 
     @staticmethod
     def _how_verified(consumer: Consumer) -> str:
