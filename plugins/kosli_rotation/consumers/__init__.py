@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from kosli_rotation.consumers.aws_secrets_manager import AwsSecretsManagerConfig, AwsSecretsManagerConsumer
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
 from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
@@ -19,6 +20,7 @@ from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
 KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "vault_kv": (VaultKvConfig, VaultKvConsumer),
     "kosli_cli_config": (KosliCliConfigConfig, KosliCliConfigConsumer),
+    "aws_secrets_manager": (AwsSecretsManagerConfig, AwsSecretsManagerConsumer),
 }
 
 #: The inventory's consumer entry: whichever config model its ``kind`` names.
