@@ -16,7 +16,11 @@ import sys
 import threading
 from pathlib import Path
 
-SANDBOXES: dict[str, str] = {"kosli": "sandbox.kosli"}  # sub-command -> module
+SANDBOXES: dict[str, str] = {
+    "kosli": "sandbox.kosli",
+    "jenkins": "sandbox.jenkins",
+    "circleci": "sandbox.circleci",
+}  # sub-command -> module
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ from pydantic import Field
 
 from kosli_rotation.consumers.aws_secrets_manager import AwsSecretsManagerConfig, AwsSecretsManagerConsumer
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
+from kosli_rotation.consumers.circleci_env import CircleCiEnvConfig, CircleCiEnvConsumer
+from kosli_rotation.consumers.jenkins_credential import JenkinsCredentialConfig, JenkinsCredentialConsumer
 from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
 from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
 
@@ -21,6 +23,8 @@ KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "vault_kv": (VaultKvConfig, VaultKvConsumer),
     "kosli_cli_config": (KosliCliConfigConfig, KosliCliConfigConsumer),
     "aws_secrets_manager": (AwsSecretsManagerConfig, AwsSecretsManagerConsumer),
+    "jenkins_credential": (JenkinsCredentialConfig, JenkinsCredentialConsumer),
+    "circleci_env": (CircleCiEnvConfig, CircleCiEnvConsumer),
 }
 
 #: The inventory's consumer entry: whichever config model its ``kind`` names.
