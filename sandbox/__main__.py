@@ -20,6 +20,7 @@ SANDBOXES: dict[str, str] = {
     "kosli": "sandbox.kosli",
     "jenkins": "sandbox.jenkins",
     "circleci": "sandbox.circleci",
+    "gitlab": "sandbox.gitlab",
 }  # sub-command -> module
 
 

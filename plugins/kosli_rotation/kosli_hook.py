@@ -21,6 +21,8 @@ from kosli_rotation.fingerprints import hold_secret
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
 
 USER_AGENT = "kosli-key-rotation/0.1"
+#: The longest single wait a Retry-After header can impose on us.
+MAX_WAIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class KosliHook(HttpHook):
             elif not _is_transient(error):
                 return None
             hinted = getattr(error, "retry_after", None)
-            return hinted if hinted is not None else backoff_delay(attempt_number)
+            return min(hinted, MAX_WAIT) if hinted is not None else backoff_delay(attempt_number)
 
         try:
             return call_with_retries(

@@ -15,6 +15,7 @@ from pydantic import Field
 from kosli_rotation.consumers.aws_secrets_manager import AwsSecretsManagerConfig, AwsSecretsManagerConsumer
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.consumers.circleci_env import CircleCiEnvConfig, CircleCiEnvConsumer
+from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
 from kosli_rotation.consumers.jenkins_credential import JenkinsCredentialConfig, JenkinsCredentialConsumer
 from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
 from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
@@ -25,6 +26,7 @@ KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "aws_secrets_manager": (AwsSecretsManagerConfig, AwsSecretsManagerConsumer),
     "jenkins_credential": (JenkinsCredentialConfig, JenkinsCredentialConsumer),
     "circleci_env": (CircleCiEnvConfig, CircleCiEnvConsumer),
+    "gitlab_ci": (GitLabCiConfig, GitLabCiConsumer),
 }
 
 #: The inventory's consumer entry: whichever config model its ``kind`` names.
