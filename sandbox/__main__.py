@@ -21,6 +21,7 @@ SANDBOXES: dict[str, str] = {
     "jenkins": "sandbox.jenkins",
     "circleci": "sandbox.circleci",
     "gitlab": "sandbox.gitlab",
+    "github": "sandbox.github",
 }  # sub-command -> module
 
 

@@ -15,6 +15,7 @@ from pydantic import Field
 from kosli_rotation.consumers.aws_secrets_manager import AwsSecretsManagerConfig, AwsSecretsManagerConsumer
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.consumers.circleci_env import CircleCiEnvConfig, CircleCiEnvConsumer
+from kosli_rotation.consumers.github_actions import GithubActionsConfig, GithubActionsConsumer
 from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
 from kosli_rotation.consumers.jenkins_credential import JenkinsCredentialConfig, JenkinsCredentialConsumer
 from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
@@ -27,6 +28,7 @@ KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "jenkins_credential": (JenkinsCredentialConfig, JenkinsCredentialConsumer),
     "circleci_env": (CircleCiEnvConfig, CircleCiEnvConsumer),
     "gitlab_ci": (GitLabCiConfig, GitLabCiConsumer),
+    "github_actions": (GithubActionsConfig, GithubActionsConsumer),
 }
 
 #: The inventory's consumer entry: whichever config model its ``kind`` names.
