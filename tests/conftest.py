@@ -14,7 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "test-output"
-AIRFLOW_HOME = OUTPUT / "airflow-home"
+# One Airflow home per test session, so parallel sessions never share (or wipe) a database.
+AIRFLOW_HOME = OUTPUT / f"airflow-home-{os.getpid()}"
 
 shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
 AIRFLOW_HOME.mkdir(parents=True)
@@ -42,7 +43,7 @@ def airflow_db() -> Path:
 
 @pytest.fixture(scope="session")
 def openbao() -> Iterator[OpenBao]:
-    bao = OpenBao.start(OUTPUT / "openbao.log")
+    bao = OpenBao.start(AIRFLOW_HOME / "openbao.log")
     yield bao
     bao.stop()
 

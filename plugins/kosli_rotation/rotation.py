@@ -151,9 +151,7 @@ class Rotation:
             log.warning("%s; 'replace' will create a working key", message)
 
         consumers = [self.consumer(name) for name in self.entry.consumer_names]
-        if consumers:
-            self._for_each_consumer(self.entry.consumer_names, self._check_access)
-
+        today = self._for_each_consumer(self.entry.consumer_names, lambda c: self._check_consumer(c, record))
         plan = {
             "key": self.where,
             "key_id": key_id,
@@ -162,7 +160,12 @@ class Rotation:
             "grace_hours": run.grace_hours if strategy == "rotate" else None,
             "resuming": resuming,
             "consumers": [
-                {"name": consumer.name, "target": consumer.describe(), "verify": self._how_verified(consumer)}
+                {
+                    "name": consumer.name,
+                    "target": consumer.describe(),
+                    "today": today["consumers"][consumer.name],
+                    "verify": consumer.verification_plan(),
+                }
                 for consumer in consumers
             ],
         }
@@ -237,13 +240,17 @@ class Rotation:
         )
 
     @staticmethod
-    def _check_access(consumer: Consumer) -> str:
+    def _check_consumer(consumer: Consumer, record: KeyRecord) -> str:
+        """Can we write there, and what would the rotation change? (Read-only.)"""
         consumer.check_access()
-        return "reachable"
-
-    @staticmethod
-    def _how_verified(consumer: Consumer) -> str:
-        return "reads the value back" if consumer.readable else "write-only: checked by metadata"
+        if not consumer.readable:
+            return "reachable; write-only, so what it holds cannot be told: it will be written"
+        held = consumer.read_fingerprint()
+        if held is None:
+            return "reachable; holds nothing yet: the key will be created there"
+        if held == fingerprint(record.key):
+            return "reachable; holds the current key: it will be updated"
+        return f"reachable; holds another value ({held}): it will be overwritten"
 
     # -- 2. rotate_and_store --------------------------------------------------------------------
 
@@ -535,6 +542,8 @@ class Rotation:
     def _for_each_consumer(self, names: list[str], action: Callable[[Consumer], str]) -> dict[str, Any]:
         """Run ``action`` on each consumer concurrently (bounded by its kind), isolating failures."""
         consumers = [self.consumer(name) for name in names]
+        if not consumers:
+            return {"consumers": {}}
         workers = max(1, min(len(consumers), min(type(c).max_concurrency for c in consumers)))
         outcomes: dict[str, str] = {}
         failures: list[ConsumerError] = []

@@ -88,7 +88,7 @@ def test_a_key_lost_between_kosli_and_vault_is_revoked_on_the_rerun(scenario, st
     assert_rotated(scenario, resumed)
 
 
-def test_dry_run_changes_nothing(scenario):
+def test_dry_run_changes_nothing_and_prints_the_plan(scenario, capfd):
     run = scenario.run(strategy="replace", dry_run=True)
 
     assert run.state == "success"
@@ -97,6 +97,10 @@ def test_dry_run_changes_nothing(scenario):
     assert states["rotate_and_store"] == "skipped"
     assert scenario.live_secrets() == [scenario.old_key]
     assert scenario.vault_record() == {"key": scenario.old_key}
+    output = capfd.readouterr().out
+    assert "Plan for rotate_kosli_key_acme-ci-bot" in output
+    assert "holds the current key: it will be updated" in output
+    assert "reads the value back and compares fingerprints" in output
 
 
 def test_a_manual_run_without_a_reason_is_refused_before_any_call_to_kosli(scenario):

@@ -78,6 +78,15 @@ class Consumer(ABC, Generic[ConfigT]):
         """True when the consumer provably holds ``key`` already (never for write-only stores)."""
         return self.readable and self.read_fingerprint() == fingerprint(key)
 
+    def verification_plan(self) -> str:
+        """How ``verify`` will prove this consumer holds the key, for the dry-run plan."""
+        if self.readable:
+            return "reads the value back and compares fingerprints"
+        how = "write-only: the write is confirmed by the store's metadata, the value cannot be read back"
+        if getattr(self.config, "canary", None):
+            return how + "; then the canary job must succeed with it"
+        return how + "; no canary is configured, so nothing proves the consumer works with it"
+
     def verify(self, key: str, written_at: float) -> Verification:
         """Prove the consumer now holds ``key``. Readable stores compare fingerprints."""
         held = self.read_fingerprint()
