@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop everything after the summary; exit 0 only if both runs succeeded and every check holds",
     )
     parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds until both runs must have finished (default 600)"
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds from start until both runs must have finished (default 600)",
     )
     parser.add_argument("--port", type=int, help=f"port of the Airflow UI and API (default {DEFAULT_API_PORT} if free)")
     parser.add_argument(
@@ -119,7 +122,8 @@ class Demo:
         seed_vault_and_consumers(vault.client(), kosli.seeded, self.state_dir)
         for key in KEYS:
             held = fingerprint(kosli.seeded.secrets[key.service_account])
-            print(f"  seeded {key.name}: key {held} in Vault, {key.consumer_vault_path} and {key.cli_consumer}")
+            consumers = " and ".join(key.consumer_names)
+            print(f"  seeded {key.name:<18} key {held} in Vault {key.vault_path} and its consumers {consumers}")
         return vault, kosli
 
     def start_airflow(self, vault: Vault, kosli: Kosli) -> tuple[Airflow, AirflowApi]:

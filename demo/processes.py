@@ -100,13 +100,21 @@ class ManagedProcess:
             raise DemoError(f"{self.name} exited with code {code}; read {shown(self.log)}")
 
     def stop(self) -> None:
-        """Ask the whole group to stop, wait up to ``stop_timeout`` seconds, then kill what is left."""
+        """Ask the leader to stop its own children; then SIGTERM the whole group; then kill what is left.
+
+        The leader goes first because signalling the group at once can wedge a program that also
+        signals its children (``airflow standalone``'s scheduler and triggerer hung when hit twice).
+        """
         if not self._group_busy():
             return
-        self._signal_group(self.stop_signal)
+        with suppress(ProcessLookupError):
+            os.kill(self.popen.pid, self.stop_signal)
         if self._wait_for_group(self.stop_timeout):
             return
-        print(f"  {self.name} did not stop within {self.stop_timeout:.0f} s; killing it")
+        self._signal_group(signal.SIGTERM)
+        if self._wait_for_group(10.0):
+            return
+        print(f"  {self.name} did not stop in time; killing what is left of it")
         self._signal_group(signal.SIGKILL)
         self._wait_for_group(10.0)
 

@@ -7,6 +7,7 @@ what the DAG reports about itself, and print fingerprints only, never a key.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from demo.world import CONSUMER_FIELD, ORG, VAULT_MOUNT, DemoKey
 from kosli_rotation.fingerprints import fingerprint
 
 POLL_SECONDS = 2.0
+MAX_FAILED_POLLS = 5
 STATE_NOTES = {
     "deferred": "  (waiting out Kosli's grace period in the triggerer; no worker slot held)",
     "up_for_retry": "  (will retry)",
@@ -43,15 +45,19 @@ class TrackedRun:
         return self.state in TERMINAL_RUN_STATES
 
 
-def _say(run: TrackedRun, what: str, state: str) -> None:
-    print(f"{datetime.now():%H:%M:%S}  {run.key.name:<18} {what:<30} {state}{STATE_NOTES.get(state, '')}")
+def _say(key: DemoKey, what: str, state: str) -> None:
+    print(f"{datetime.now():%H:%M:%S}  {key.name:<18} {what:<34} {state}{STATE_NOTES.get(state, '')}")
 
 
-def _task_label(instance: dict[str, Any]) -> str:
+def _task_label(key: DemoKey, instance: dict[str, Any]) -> str:
     """``fan_out[ci-vault]`` for a mapped task (named after its consumer), else the task id."""
-    if instance["map_index"] < 0:
+    index = instance["map_index"]
+    if index < 0:
         return instance["task_id"]
-    return f"{instance['task_id']}[{instance.get('rendered_map_index') or instance['map_index']}]"
+    # Airflow renders the consumer's name only once the task ran (until then it shows the index);
+    # the map index is the consumer's position in the inventory.
+    name = dict(enumerate(key.consumer_names)).get(index) or instance.get("rendered_map_index") or index
+    return f"{instance['task_id']}[{name}]"
 
 
 def _update(api: AirflowApi, run: TrackedRun) -> None:
@@ -59,46 +65,61 @@ def _update(api: AirflowApi, run: TrackedRun) -> None:
     instances = api.task_instances(run.key.dag_id, run.run_id)
     instances.sort(key=lambda ti: (ti.get("start_date") or "9999", ti["task_id"], ti["map_index"]))
     for instance in instances:
-        label, state = _task_label(instance), instance.get("state")
+        label, state = _task_label(run.key, instance), instance.get("state")
         if state and run.tasks.get(label) != state:
             run.tasks[label] = state
             tries = f" (try {instance['try_number']})" if instance.get("try_number", 0) > 1 else ""
-            _say(run, label, state + tries)
+            _say(run.key, label, state + tries)
     state = api.dag_run(run.key.dag_id, run.run_id)["state"]
     if state != run.state:
         run.state = state
-        _say(run, "== the run ==", state)
+        _say(run.key, "== the run ==", state)
 
 
-def _note_other_runs(api: AirflowApi, runs: list[TrackedRun], noted: set[str]) -> None:
-    """Say so when the scheduler starts a run of its own (e.g. when a DAG is unpaused)."""
-    ours = {run.run_id for run in runs}
-    for run in runs:
-        for other in api.dag_runs(run.key.dag_id):
-            if other["dag_run_id"] not in ours and other["dag_run_id"] not in noted:
-                noted.add(other["dag_run_id"])
-                print(
-                    f"{datetime.now():%H:%M:%S}  {run.key.name:<18} note: the scheduler also started "
-                    f"{other['run_type']} run {other['dag_run_id']} (its preflight skips a key that is not due)"
-                )
+def _watch_other_runs(api: AirflowApi, runs: list[TrackedRun], seen: set[str], ended: set[str]) -> None:
+    """Mention, in one line each, the runs the scheduler starts by itself and how they end. (Airflow 3
+    starts the latest missed daily check as soon as a DAG is unpaused; preflight skips a key not due.)"""
+    ours = {(run.key.dag_id, run.run_id) for run in runs}
+    for key in {run.key.dag_id: run.key for run in runs}.values():
+        for listed in api.dag_runs(key.dag_id):
+            run_id, kind, state = listed["dag_run_id"], f"note: {listed['run_type']} run", listed["state"]
+            ident = f"{key.dag_id} {run_id}"
+            if (key.dag_id, run_id) in ours or ident in ended:
+                continue
+            if ident not in seen:
+                seen.add(ident)
+                _say(key, kind, f"{run_id} started by the scheduler")
+            if state in TERMINAL_RUN_STATES:
+                ended.add(ident)
+                tasks = Counter(str(ti.get("state")) for ti in api.task_instances(key.dag_id, run_id))
+                _say(key, kind, f"ended {state} (tasks: {', '.join(f'{n} {s}' for s, n in sorted(tasks.items()))})")
 
 
 def follow(api: AirflowApi, runs: list[TrackedRun], supervisor: Supervisor, *, timeout: float) -> None:
-    """Poll every 2 s until every run has finished; fail after ``timeout`` seconds."""
+    """Poll every 2 s until every run the demo triggered has finished; fail after ``timeout`` seconds.
+
+    A few failed polls in a row are tolerated: SQLite-backed Airflow sometimes answers 5xx under load.
+    """
     deadline = time.monotonic() + timeout
-    noted: set[str] = set()
-    while True:
-        for process in supervisor.processes:
-            process.check_running()
-        for run in runs:
-            if not run.finished:
-                _update(api, run)
-        _note_other_runs(api, runs, noted)
-        if all(run.finished for run in runs):
-            return
+    seen: set[str] = set()
+    ended: set[str] = set()
+    failures = 0
+    while not all(run.finished for run in runs):
         if time.monotonic() > deadline:
             states = ", ".join(f"{run.key.dag_id} {run.state}" for run in runs)
             raise DemoError(f"the runs did not finish within {timeout:.0f} s ({states}); see the UI and task logs")
+        for process in supervisor.processes:
+            process.check_running()
+        try:
+            for run in runs:
+                if not run.finished:
+                    _update(api, run)
+            _watch_other_runs(api, runs, seen, ended)
+            failures = 0
+        except (DemoError, requests.RequestException) as error:
+            failures += 1
+            if failures >= MAX_FAILED_POLLS:
+                raise DemoError(f"following the runs failed {failures} times in a row; last: {error}") from None
         time.sleep(POLL_SECONDS)
 
 
@@ -143,10 +164,9 @@ def check_key(
         in_file = _held((yaml.safe_load(config.read_text()) or {}).get("api-token"))
         checks.append(Check(in_file == current, f"consumer {key.cli_consumer} ({shown(config)}) holds {in_file}"))
         live = _live_fingerprints(kosli_url, key.service_account)
+        count = "exactly one live key" if len(live) == 1 else f"{len(live)} live keys"
         listed = ", ".join(live) or "none"
-        checks.append(
-            Check(live == [current], f"Kosli {ORG}/{key.service_account} has {len(live)} live key(s): {listed}")
-        )
+        checks.append(Check(live == [current], f"Kosli {ORG}/{key.service_account} accepts {count}: {listed}"))
     except (OSError, ValueError, requests.RequestException, VaultError) as error:
         checks.append(Check(False, f"could not look: {type(error).__name__}: {error}"))
     return checks

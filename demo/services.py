@@ -174,6 +174,6 @@ def start_airflow(
         env=env,
         cwd=state_dir,
         stop_signal=signal.SIGINT,
-        stop_timeout=45.0,
+        stop_timeout=30.0,
     )
     return Airflow(f"http://{LOOPBACK}:{ports.api}", home, password, password_file, process)

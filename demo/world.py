@@ -53,6 +53,11 @@ class DemoKey:
     def cli_consumer(self) -> str:
         return f"{self.app}-cli-config"
 
+    @property
+    def consumer_names(self) -> tuple[str, str]:
+        """In inventory order, which is also the map index of each consumer's task in the DAG."""
+        return (self.vault_consumer, self.cli_consumer)
+
     def cli_config(self, state_dir: Path) -> Path:
         return state_dir / "consumers" / f"{self.name}.yml"
 
