@@ -22,6 +22,7 @@ SANDBOXES: dict[str, str] = {
     "circleci": "sandbox.circleci",
     "gitlab": "sandbox.gitlab",
     "github": "sandbox.github",
+    "kubernetes": "sandbox.kubernetes",
 }  # sub-command -> module
 
 

@@ -19,6 +19,7 @@ from kosli_rotation.consumers.github_actions import GithubActionsConfig, GithubA
 from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
 from kosli_rotation.consumers.jenkins_credential import JenkinsCredentialConfig, JenkinsCredentialConsumer
 from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
+from kosli_rotation.consumers.kubernetes_secret import KubernetesSecretConfig, KubernetesSecretConsumer
 from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
 
 KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
@@ -29,6 +30,7 @@ KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "circleci_env": (CircleCiEnvConfig, CircleCiEnvConsumer),
     "gitlab_ci": (GitLabCiConfig, GitLabCiConsumer),
     "github_actions": (GithubActionsConfig, GithubActionsConsumer),
+    "kubernetes_secret": (KubernetesSecretConfig, KubernetesSecretConsumer),
 }
 
 #: The inventory's consumer entry: whichever config model its ``kind`` names.
