@@ -24,6 +24,7 @@ from kosli_rotation.inventory import load_inventory
 from kosli_rotation.rotation import Rotation
 from kosli_rotation.taskflow import (
     broken_entry_dag,
+    fail_the_run_if_any_step_failed,
     for_each_consumer_batch,
     gate,
     rotation_dag,
@@ -40,14 +41,14 @@ for entry in inventory.entries:
             step(rotation.preflight),
             step(rotation.rotate_and_store),
             step(rotation.verify_new_key),
-            *for_each_consumer_batch(rotation.fan_out),
-            *for_each_consumer_batch(rotation.verify_consumers),
+            *for_each_consumer_batch(rotation.fan_out, rotation.verify_consumers),
             gate(rotation.all_consumers_verified),
             wait_for_grace_end(entry),
             step(rotation.revoke_old),
             step(rotation.confirm_old_key_dead),
             step(rotation.finalize),
         )
+        fail_the_run_if_any_step_failed(dag)
     globals()[entry.dag_id] = dag
 
 for broken in inventory.broken:

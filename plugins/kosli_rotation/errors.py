@@ -63,3 +63,9 @@ class OldKeyStillInUse(VerificationError):
     """Kosli saw the old key used after every consumer had the new one: something unlisted needs it."""
 
     retryable = False
+
+
+class RotationInProgress(RotationError):
+    """Another run, possibly of another Airflow deployment, holds this key's rotation lock."""
+
+    retryable = False

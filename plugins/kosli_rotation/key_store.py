@@ -72,6 +72,29 @@ class KeyRecord(BaseModel):
     old_key_last_used_at: float | None = None  # Kosli's last_used_at of the old key id at that moment
     note: str | None = None
     last_finished_run_id: str | None = None
+    # One rotation at a time, across runs and Airflow deployments: whoever holds an unexpired lock owns
+    # the rotation in flight. A holder that dies simply stops renewing it.
+    lock_owner: str | None = None
+    lock_expires_at: float | None = None
+    # Set when a step fails for good, cleared when a run carries on: what broke and what is left to do.
+    failed_step: str | None = None
+    failure: str | None = None
+    todo: str | None = None
+    history: list[str] = []  # what happened to the rotation in flight, for the audit entry
+
+    def locked_by_other(self, owner: str, now: float) -> bool:
+        """A lock only means something while a rotation is in flight."""
+        if self.state == Phase.IDLE or not self.lock_owner or self.lock_owner == owner:
+            return False
+        return (self.lock_expires_at or 0) > now
+
+    def locked_for(self, owner: str, seconds: float) -> KeyRecord:
+        return self.model_copy(update={"lock_owner": owner, "lock_expires_at": time.time() + seconds})
+
+    def noted(self, event: str) -> KeyRecord:
+        """The record with ``event`` added to its history (the last 50 are kept)."""
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        return self.model_copy(update={"history": [*self.history, f"{stamp} {event}"][-50:]})
 
     @property
     def grace_to_wait_for(self) -> float | None:
@@ -95,6 +118,11 @@ class KeyRecord(BaseModel):
             "grace_ends_at": _iso(self.grace_ends_at),
             "consumers_verified_at": _iso(self.consumers_verified_at),
             "last_finished_run_id": self.last_finished_run_id,
+            "lock_owner": self.lock_owner,
+            "lock_expires_at": _iso(self.lock_expires_at),
+            "failed_step": self.failed_step,
+            "failure": self.failure,
+            "todo": self.todo,
             "updated_at": _iso(time.time()),
         }
         return {name: value[:512] for name, value in fields.items() if value}

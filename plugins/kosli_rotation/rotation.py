@@ -5,7 +5,8 @@ with check-and-set before and after every step that changes the world, and every
 back before acting. That makes each step safe to retry after a failure or a kill at any line,
 and lets a later run resume an unfinished rotation instead of starting another one:
 
-1. ``preflight``: is the key due, do the admin key, the current key and every consumer work?
+1. ``preflight``: is the key due, do the admin key, the current key and every consumer work? Its
+   result is the plan (a dry run stops after it).
 2. ``rotate_and_store``: write an intent, ask Kosli for the new key, store it in Vault at once.
    If a previous attempt died after its intent, reconcile from Kosli's key list first.
 3. ``verify_new_key``: the new key authenticates.
@@ -38,6 +39,7 @@ from kosli_rotation.errors import (
     KeyStoreError,
     KosliApiError,
     OldKeyStillInUse,
+    RotationInProgress,
     VerificationError,
 )
 from kosli_rotation.fingerprints import fingerprint
@@ -58,6 +60,8 @@ CLOCK_SKEW = 300.0
 NEW_KEY_PROBES = 6
 #: Probes of the old key retry for a while: Kosli's revocation may lag our clock slightly.
 OLD_KEY_PROBES = 8
+#: How long the rotation lock lasts without renewal. Every step renews it; a dead holder loses it.
+LOCK_TTL = 3600.0
 
 AFTER_STORE = (Phase.STORED, Phase.OLD_KEY_REVOKED, Phase.OLD_KEY_DEAD)
 
@@ -119,6 +123,38 @@ class Rotation:
     def where(self) -> str:
         return f"{self.entry.org}/{self.entry.service_account}"
 
+    # -- ownership: one rotation at a time ------------------------------------------------------
+
+    def owner(self, run: RunRequest | str) -> str:
+        return f"{self.entry.dag_id}/{run if isinstance(run, str) else run.run_id}"
+
+    def _refuse_if_locked(self, record: KeyRecord, run: RunRequest) -> None:
+        if record.locked_by_other(self.owner(run), time.time()):
+            raise RotationInProgress(
+                f"the rotation of {self.where} belongs to {record.lock_owner} (phase {record.state.value!r}) "
+                f"until {_iso(record.lock_expires_at)}; this run does nothing. If that run is dead, its lock "
+                "expires by itself; then any run resumes the rotation."
+            )
+
+    def _own(self, run: RunRequest) -> KeyRecord:
+        """Load the record, make sure this run owns the rotation in flight, and renew the lock if due.
+
+        A run takes over a rotation whose lock was released (a failed run) or expired (a dead one).
+        """
+        record = self.store.load().record
+        self._refuse_if_locked(record, run)
+        owner, now = self.owner(run), time.time()
+        lasts = LOCK_TTL + max(0.0, (record.grace_to_wait_for or 0) - now)
+        if record.lock_owner == owner and (record.lock_expires_at or 0) - now > lasts - LOCK_TTL / 2:
+            return record
+
+        def take(r: KeyRecord) -> KeyRecord | None:
+            self._refuse_if_locked(r, run)
+            taken = r.locked_for(owner, lasts).model_copy(update={"failed_step": None, "failure": None, "todo": None})
+            return taken if r.lock_owner == owner else taken.noted(f"{owner} took over at phase {r.state.value}")
+
+        return self.store.update(take).record
+
     # -- 1. preflight ---------------------------------------------------------------------------
 
     def preflight(self, run: RunRequest) -> dict[str, Any]:
@@ -126,11 +162,13 @@ class Rotation:
         record = self.store.load().record
         resuming = record.state != Phase.IDLE
         if resuming:
+            self._refuse_if_locked(record, run)
             log.info(
-                "Resuming the rotation started by run %s, now at phase %r (strategy %s)",
+                "Resuming the rotation started by run %s, now at phase %r (strategy %s)%s",
                 record.run_id,
                 record.state.value,
                 record.strategy,
+                f"; it failed at {record.failed_step}: {record.failure}" if record.failed_step else "",
             )
         elif record.last_finished_run_id == run.run_id:
             raise RunNotNeeded(f"this run already rotated the key (now {record.key_id}); trigger a new run")
@@ -170,8 +208,6 @@ class Rotation:
             ],
         }
         log.info("Plan for %s: %s", self.entry.dag_id, plan)
-        if run.dry_run:
-            raise RunNotNeeded("dry run: the plan above is what a real run would do; nothing was changed")
         return plan
 
     def _check_due(self, run: RunRequest, record: KeyRecord) -> None:
@@ -256,8 +292,11 @@ class Rotation:
 
     def rotate_and_store(self, run: RunRequest) -> dict[str, Any]:
         """Mint the new key and store it in Vault within one task, behind an intent record."""
+        if run.dry_run:
+            raise RunNotNeeded("dry run: the plan returned by preflight is what a real run would do; nothing changed")
         snapshot = self.store.load()
         record = snapshot.record
+        self._refuse_if_locked(record, run)
         if record.state in AFTER_STORE:
             log.info("New key %s (%s) is already stored; nothing to do", record.key_id, fingerprint(record.key))
             return self._reference(record)
@@ -266,13 +305,19 @@ class Rotation:
 
         keys = self._list_keys_as_admin()
         strategy = run.strategy
+        reconciled = ""
         if record.state == Phase.ROTATING:
-            strategy = self._reconcile(record, keys)
+            strategy, reconciled = self._reconcile(record, keys)
             keys = self._list_keys_as_admin()
         key_id = record.key_id or self._current_key_id(record, keys)
         old_description = next((key.description for key in keys if key.id == key_id), "")
 
-        intent = record.model_copy(
+        attempt = token_source.token_hex(4)
+        intent = record.locked_for(self.owner(run), LOCK_TTL)
+        if reconciled:
+            intent = intent.noted(reconciled)
+        intent = intent.noted(f"{self.owner(run)} recorded its intent to {strategy} key {key_id} (attempt #{attempt})")
+        intent = intent.model_copy(
             update={
                 "state": Phase.ROTATING,
                 "key_id": key_id,
@@ -281,8 +326,11 @@ class Rotation:
                 "reason": run.reason,
                 "triggered_by": run.triggered_by,
                 "started_at": time.time(),
-                "attempt": token_source.token_hex(4),
+                "attempt": attempt,
                 "grace_ends_at": None,
+                "failed_step": None,
+                "failure": None,
+                "todo": None,
             }
         )
         snapshot = self.store.save(intent, snapshot.version)
@@ -322,7 +370,10 @@ class Rotation:
             )
         except KosliApiError as error:
             # Kosli refused before doing anything: withdraw the intent so the next attempt starts clean.
-            self.store.save(intent.model_copy(update={"state": Phase.IDLE, "attempt": None}), version)
+            withdrawn = intent.noted(f"Kosli refused the call (HTTP {error.status}); intent withdrawn")
+            self.store.save(
+                withdrawn.model_copy(update={"state": Phase.IDLE, "attempt": None, "lock_owner": None}), version
+            )
             raise error from None
 
     def _persist(self, minted: MintedKey, intent: KeyRecord) -> Any:
@@ -331,7 +382,7 @@ class Rotation:
         def store_new_key(record: KeyRecord) -> KeyRecord | None:
             if record.key == minted.secret:
                 return None
-            return record.model_copy(
+            return record.noted(f"stored new key {minted.id} ({fingerprint(minted.secret)})").model_copy(
                 update={
                     "previous_key": intent.key if record.key == intent.key else record.previous_key,
                     "previous_key_id": intent.key_id,
@@ -358,7 +409,7 @@ class Rotation:
             )
             raise KeyStoreError(f"could not store the new key in Vault {self.store.location}: {error}") from None
 
-    def _reconcile(self, record: KeyRecord, keys: list[ApiKey]) -> str:
+    def _reconcile(self, record: KeyRecord, keys: list[ApiKey]) -> tuple[str, str]:
         """An earlier attempt wrote its intent but never stored a key: whatever it minted is held by
         nobody. Revoke what can be told apart, and return the strategy that finishes safely."""
         started = (record.started_at or 0) - CLOCK_SKEW
@@ -379,6 +430,10 @@ class Rotation:
         for orphan in orphans:
             self.kosli.revoke_key(self.entry.org, self.entry.service_account, orphan.id)
             log.warning("Revoked key %s (created %s): its value was never stored", orphan.id, _iso(orphan.created_at))
+        summary = (
+            f"attempt #{record.attempt} by {record.run_id} stored no key; reconciled from Kosli's key list: "
+            f"revoked {[orphan.id for orphan in orphans] or 'no orphan'}"
+        )
         if record.strategy == "rotate":
             log.warning(
                 "A lost rotate may have left a secret nobody holds under key %s. Finishing with 'replace': "
@@ -387,8 +442,9 @@ class Rotation:
                 record.key_id,
                 record.key_id,
             )
-            return "replace"
-        return record.strategy or "replace"
+            summary += f"; a lost rotate cannot be undone, so finishing with 'replace' (revoking {record.key_id} later)"
+            return "replace", summary
+        return record.strategy or "replace", summary
 
     def _reference(self, record: KeyRecord) -> dict[str, Any]:
         """What downstream steps may know about the stored key: where it is, never what it is."""
@@ -401,8 +457,11 @@ class Rotation:
             "grace_ends_at": _iso(record.grace_ends_at),
         }
 
-    def _stored_record(self) -> KeyRecord:
+    def _stored_record(self, run: RunRequest) -> KeyRecord:
+        """The record of a rotation whose new key is stored, owned by this run."""
         record = self.store.load().record
+        if record.state in AFTER_STORE:
+            record = self._own(run)
         if record.state not in AFTER_STORE:
             raise KeyStoreError(
                 f"Vault record {self.store.location} is at phase {record.state.value!r}: no new key is stored"
@@ -413,7 +472,7 @@ class Rotation:
 
     def verify_new_key(self, run: RunRequest) -> dict[str, Any]:
         """The new key authenticates against Kosli (retrying 401s while it propagates)."""
-        record = self._stored_record()
+        record = self._stored_record(run)
         status = self._probe_until(record.key, want=200, attempts=NEW_KEY_PROBES)
         if status != 200:
             raise VerificationError(
@@ -446,7 +505,7 @@ class Rotation:
 
     def fan_out(self, batch: list[str], run: RunRequest) -> dict[str, Any]:
         """Write the new key to a batch of consumers, skipping those that already hold it."""
-        record = self._stored_record()
+        record = self._stored_record(run)
         return self._for_each_consumer(batch, lambda consumer: self._write_one(consumer, record))
 
     def _write_one(self, consumer: Consumer, record: KeyRecord) -> str:
@@ -466,7 +525,7 @@ class Rotation:
 
     def verify_consumers(self, batch: list[str], run: RunRequest) -> dict[str, Any]:
         """Prove each consumer of a batch holds the new key; record when, for the gate and the audit."""
-        record = self._stored_record()
+        record = self._stored_record(run)
         return self._for_each_consumer(batch, lambda consumer: self._verify_one(consumer, record, run))
 
     def _verify_one(self, consumer: Consumer, record: KeyRecord, run: RunRequest) -> str:
@@ -488,7 +547,9 @@ class Rotation:
 
     def all_consumers_verified(self, run: RunRequest) -> dict[str, Any]:
         """The gate before any revocation: every consumer is proven to hold the current key."""
-        record = self._stored_record()
+        if self.store.load().record.state not in AFTER_STORE:
+            raise RunNotNeeded("no new key is stored, so there is nothing to gate (an earlier step failed)")
+        record = self._stored_record(run)
         missing = self._unverified_consumers(record)
         if missing:
             raise ConsumerError(
@@ -582,7 +643,7 @@ class Rotation:
 
     def revoke_old(self, run: RunRequest) -> dict[str, Any]:
         """Revoke the old key id, unless the new key shares it (then Kosli's grace expiry did it)."""
-        record = self._stored_record()
+        record = self._stored_record(run)
         if record.state != Phase.STORED:
             log.info("Old key %s is already revoked", record.previous_key_id)
             return {"old_key_id": record.previous_key_id, "revoked": "already"}
@@ -623,7 +684,7 @@ class Rotation:
 
     def confirm_old_key_dead(self, run: RunRequest) -> dict[str, Any]:
         """The old key must get HTTP 401, and the new key must still get 200."""
-        record = self._stored_record()
+        record = self._stored_record(run)
         old_fp = fingerprint(record.previous_key or "")
         if record.state == Phase.STORED:
             raise KeyStoreError("the old key has not been revoked yet (phase 'stored')")
@@ -664,6 +725,7 @@ class Rotation:
             return {"key_id": record.key_id, "fingerprint": fingerprint(record.key), "finalized": "already"}
         if record.state != Phase.OLD_KEY_DEAD:
             raise KeyStoreError(f"cannot finalize at phase {record.state.value!r}: the old key is not confirmed dead")
+        record = self._own(run)
         audit = {
             "event": "kosli-key-rotated",
             "key": self.where,
@@ -679,6 +741,7 @@ class Rotation:
             "stored_at": _iso(record.rotated_at),
             "finished_at": _iso(time.time()),
             "note": record.note,
+            "history": [*record.history, f"{_iso(time.time())} finished by {self.owner(run)}"],
         }
         stamp = datetime.fromtimestamp(record.started_at or time.time(), UTC).strftime("%Y%m%dT%H%M%SZ")
         audit_path = self.store.write_note(f"audit/{stamp}-{record.attempt or 'manual'}", audit)
@@ -694,9 +757,69 @@ class Rotation:
                     "attempt": None,
                     "grace_ends_at": None,
                     "last_finished_run_id": run.run_id,
+                    "lock_owner": None,
+                    "lock_expires_at": None,
+                    "history": [],
+                    "consumers_verified_at": None,
+                    "old_key_last_used_at": None,
                 }
             )
 
         self.store.update(forget_old_key)
         log.info("Rotation of %s complete; audit entry at %s: %s", self.where, audit_path, audit)
         return {"audit": audit_path, "key_id": record.key_id, "fingerprint": fingerprint(record.key)}
+
+    # -- when a step fails for good -------------------------------------------------------------
+
+    def record_failure(self, run_id: str, step_name: str, error: BaseException | None) -> dict[str, Any]:
+        """Write into the Vault record what broke and what is left to do, and release the lock so the
+        next run can resume at once. Returns the facts a failure notification needs."""
+        record = self.store.load().record
+        facts: dict[str, Any] = {
+            "key": self.where,
+            "dag_id": self.entry.dag_id,
+            "run_id": run_id,
+            "failed_step": step_name,
+            "error": str(error or "unknown error")[:500],
+            "phase": record.state.value,
+            "unverified_consumers": [],
+            "old_key_dies_at": None,
+            "hours_left": None,
+        }
+        if record.state == Phase.IDLE:
+            facts["todo"] = "Nothing changed: fix the cause and trigger a new run."
+            return facts
+        if record.state in AFTER_STORE:
+            facts["unverified_consumers"] = self._unverified_consumers(record)
+        if record.grace_to_wait_for:
+            facts["old_key_dies_at"] = _iso(record.grace_to_wait_for)
+            facts["hours_left"] = round((record.grace_to_wait_for - time.time()) / 3600, 2)
+        facts["todo"] = self._todo(record, facts["unverified_consumers"])
+
+        def mark_failed(r: KeyRecord) -> KeyRecord:
+            released = {"lock_owner": None, "lock_expires_at": None} if r.lock_owner == self.owner(run_id) else {}
+            failed = r.noted(f"{step_name} failed in {self.owner(run_id)}: {facts['error']}")
+            return failed.model_copy(
+                update={"failed_step": step_name, "failure": facts["error"], "todo": facts["todo"], **released}
+            )
+
+        self.store.update(mark_failed)
+        return facts
+
+    def _todo(self, record: KeyRecord, unverified: list[str]) -> str:
+        if record.state == Phase.ROTATING:
+            return (
+                "A key may have been minted and not stored. Trigger a new run (or clear the failed task): it "
+                "reconciles from Kosli's key list, revokes what nobody holds, and finishes the rotation."
+            )
+        if record.state == Phase.STORED:
+            waiting = f" Consumers not verified yet: {', '.join(unverified)}." if unverified else ""
+            return (
+                f"The new key {record.key_id} is stored in Vault; the old key {record.previous_key_id} still works."
+                f"{waiting} Fix the cause, then clear the failed task or trigger a new run: it resumes without "
+                "rotating again."
+            )
+        return (
+            f"The old key {record.previous_key_id} is revoked; what is left is confirming it is dead and writing "
+            "the audit entry. Clear the failed task or trigger a new run."
+        )

@@ -12,15 +12,27 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, chain, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
-from kosli_rotation.rotation import RunNotNeeded, RunRequest
+from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
 from kosli_rotation.sensors import WaitForGraceEnd
 
 log = logging.getLogger(__name__)
+
+
+def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
+    """When a step fails for good: record in Vault what broke and what is left, and release the lock."""
+
+    def record(context: Any) -> None:
+        task_id = context["task_instance"].task_id
+        facts = Rotation(entry).record_failure(context["dag_run"].run_id, task_id, context.get("exception"))
+        log.error("Rotation of %s failed at %s. %s", facts["key"], task_id, facts["todo"])
+        context["rotation_failure"] = facts
+
+    return record
 
 
 def retry_with_backoff(entry: KeyEntry) -> dict[str, Any]:
@@ -34,8 +46,6 @@ def retry_with_backoff(entry: KeyEntry) -> dict[str, Any]:
     }
 
 
-#: How many consumer batches one run writes or verifies at the same time.
-CONSUMER_TASK_CONCURRENCY = 8
 FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
 StepMethod = Callable[[RunRequest], dict[str, Any]]
@@ -141,31 +151,53 @@ def step(method: StepMethod, **task_kwargs: Any) -> Any:
     return run_step()
 
 
-def for_each_consumer_batch(method: ConsumerStepMethod, **task_kwargs: Any) -> list[Any]:
-    """One mapped task per batch of consumers, labelled with their names in the grid. No consumers, no task."""
-    entry: KeyEntry = method.__self__.entry  # type: ignore[attr-defined]
+def for_each_consumer_batch(*methods: ConsumerStepMethod, **task_kwargs: Any) -> list[Any]:
+    """A mapped task group per batch of consumers, running ``methods`` in order on that batch only, so
+    a failing batch never blocks the others. Tasks are labelled with the consumers' names in the grid.
+    No consumers, no tasks."""
+    entry: KeyEntry = methods[0].__self__.entry  # type: ignore[attr-defined]
     if not entry.consumers:
         return []
 
-    @task(
-        task_id=method.__name__,
-        doc_md=method.__doc__,
-        map_index_template="{{ consumer_batch }}",
-        max_active_tis_per_dagrun=CONSUMER_TASK_CONCURRENCY,
-        **task_kwargs,
-    )
-    def run_step(batch: list[str]) -> dict[str, Any]:
-        context = get_current_context()
-        context["consumer_batch"] = ", ".join(batch)  # type: ignore[typeddict-unknown-key]
-        with airflow_outcome():
-            return method(batch, run_request(entry, context))
+    def consumer_task(method: ConsumerStepMethod) -> Any:
+        @task(
+            task_id=method.__name__,
+            doc_md=method.__doc__,
+            map_index_template="{{ consumer_batch }}",
+            **task_kwargs,
+        )
+        def run_step(batch: list[str]) -> dict[str, Any]:
+            context = get_current_context()
+            context["consumer_batch"] = ", ".join(batch)  # type: ignore[typeddict-unknown-key]
+            with airflow_outcome():
+                return method(batch, run_request(entry, context))
 
-    return [run_step.expand(batch=entry.consumer_batches)]
+        return run_step
+
+    @task_group(group_id="consumers", tooltip="one instance per batch of consumers of one kind and account")
+    def consumers(batch: list[str]) -> None:
+        chain(*(consumer_task(method)(batch) for method in methods))
+
+    return [consumers.expand(batch=entry.consumer_batches)]
 
 
 def gate(method: StepMethod) -> Any:
     """A step that runs even when some upstream consumer task failed, to say which and what it means."""
     return step(method, trigger_rule=TriggerRule.NONE_SKIPPED)
+
+
+def fail_the_run_if_any_step_failed(dag: DAG) -> None:
+    """Airflow judges a run by its last tasks; the gate may skip after an earlier failure, so a watcher
+    downstream of every task makes sure a failed step always fails the run."""
+
+    @task(task_id="any_step_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
+    def any_step_failed() -> None:
+        raise AirflowFailException("a step of this rotation failed: see the failed task for what and why")
+
+    watcher = any_step_failed()
+    for step_task in dag.tasks:
+        if step_task.task_id != "any_step_failed":
+            step_task >> watcher
 
 
 def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:
@@ -198,7 +230,7 @@ def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
         start_date=FIRST_DAY,
         catchup=False,
         max_active_runs=1,
-        default_args={"owner": entry.owner, **retry_with_backoff(entry)},
+        default_args={"owner": entry.owner, "on_failure_callback": on_step_failure(entry), **retry_with_backoff(entry)},
         params=trigger_form(entry),
         tags={"kosli", "key-rotation", f"org:{entry.org}"},
     )

@@ -13,8 +13,8 @@ STEPS = [
     "preflight",
     "rotate_and_store",
     "verify_new_key",
-    "fan_out",
-    "verify_consumers",
+    "consumers.fan_out",
+    "consumers.verify_consumers",
     "all_consumers_verified",
     "wait_grace",
     "revoke_old",
@@ -79,14 +79,17 @@ def test_a_dag_is_one_task_per_step_in_order(no_network, inventory, monkeypatch)
     order, task = [], dag.get_task("preflight")
     while task is not None:
         order.append(task.task_id)
-        downstream = list(task.downstream_list)
+        downstream = [t for t in task.downstream_list if t.task_id != "any_step_failed"]
         assert len(downstream) <= 1, f"{task.task_id} fans out to {downstream}"
         task = downstream[0] if downstream else None
     assert order == STEPS
+    watcher = dag.get_task("any_step_failed")
+    assert watcher.trigger_rule == "one_failed"
+    assert set(watcher.upstream_task_ids) == set(STEPS), "a failure of any step fails the run"
     assert dag.max_active_runs == 1
     assert dag.catchup is False
-    assert all(t.retries >= 1 for t in dag.tasks), "every step retries"
-    assert dag.get_task("fan_out").map_index_template
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id in STEPS), "every step retries"
+    assert dag.get_task("consumers.fan_out").map_index_template
     assert dag.params["grace_hours"] == 48
     assert set(dag.params.keys()) == {"reason", "strategy", "grace_hours", "force", "dry_run"}
     assert dag.doc_md and "ci-bot" in dag.doc_md

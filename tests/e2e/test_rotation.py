@@ -56,7 +56,9 @@ def test_rotate_waits_for_the_grace_period_before_the_old_key_dies(scenario):
     assert (
         waited
         >= 2 * 3.0
-        - scenario.task_duration(run, "verify_consumers", "all_consumers_verified", "fan_out", "verify_new_key")
+        - scenario.task_duration(
+            run, "consumers.verify_consumers", "all_consumers_verified", "consumers.fan_out", "verify_new_key"
+        )
         - 1
     )
 
@@ -88,19 +90,22 @@ def test_a_key_lost_between_kosli_and_vault_is_revoked_on_the_rerun(scenario, st
     assert_rotated(scenario, resumed)
 
 
-def test_dry_run_changes_nothing_and_prints_the_plan(scenario, capfd):
+def test_dry_run_changes_nothing_and_returns_the_plan(scenario):
     run = scenario.run(strategy="replace", dry_run=True)
 
     assert run.state == "success"
     states = scenario.task_states(run)
-    assert states["preflight"] == "skipped"
+    assert states["preflight"] == "success"
     assert states["rotate_and_store"] == "skipped"
     assert scenario.live_secrets() == [scenario.old_key]
     assert scenario.vault_record() == {"key": scenario.old_key}
-    output = capfd.readouterr().out
-    assert "Plan for rotate_kosli_key_acme-ci-bot" in output
-    assert "holds the current key: it will be updated" in output
-    assert "reads the value back and compares fingerprints" in output
+    plan = scenario.xcom(run, "preflight")
+    assert plan["strategy"] == "replace" and plan["key"] == "acme/ci-bot"
+    assert [(c["name"], c["today"]) for c in plan["consumers"]] == [
+        ("reporter-vault", "reachable; holds nothing yet: the key will be created there"),
+        ("release-cli", "reachable; holds the current key: it will be updated"),
+    ]
+    assert {c["verify"] for c in plan["consumers"]} == {"reads the value back and compares fingerprints"}
 
 
 def test_a_manual_run_without_a_reason_is_refused_before_any_call_to_kosli(scenario):
@@ -127,3 +132,36 @@ def test_a_second_manual_run_right_after_a_rotation_needs_force(scenario):
     assert forced.state == "success", scenario.task_states(forced)
     assert scenario.vault_record()["key"] != key_after_first
     assert scenario.live_secrets() == [scenario.vault_record()["key"]]
+
+
+def test_a_failed_rotation_says_in_vault_what_is_left_and_the_next_run_resumes(scenario):
+    scenario.kosli.hour_seconds = 60.0
+    scenario.kosli.faults.add(r"/environments/acme$", method="GET", status=503, times=0)
+
+    failed = scenario.run(strategy="replace")
+
+    assert failed.state == "failed"
+    assert scenario.vault_record() == {"key": scenario.old_key}, "nothing changed, so nothing is recorded"
+
+    scenario.kosli.faults.clear()
+    scenario.kosli.faults.add(r"/api-keys/[^/]+$", method="DELETE", status=500, times=0)
+    failed = scenario.run(strategy="replace")
+
+    assert failed.state == "failed", scenario.task_states(failed)
+    metadata = scenario.vault_metadata()
+    assert metadata["state"] == "stored", (scenario.task_states(failed), metadata)
+    assert metadata["failed_step"] == "revoke_old"
+    assert "the old key" in metadata["todo"] and "resumes without rotating again" in metadata["todo"]
+    assert "lock_owner" not in metadata, "a failed run releases the lock"
+    new_key = scenario.vault_record()["key"]
+    assert scenario.old_key in scenario.live_secrets(), "the old key still works"
+
+    scenario.kosli.faults.clear()
+    resumed = scenario.run(strategy="replace")
+
+    assert resumed.state == "success", {t: s for t, s in scenario.task_states(resumed).items() if s != "success"}
+    assert scenario.vault_record()["key"] == new_key, "resumed, not rotated again"
+    assert scenario.live_secrets() == [new_key]
+    audit = scenario.audit_entries()[-1]
+    assert any("revoke_old failed" in event for event in audit["history"])
+    assert any("took over" in event for event in audit["history"])

@@ -118,6 +118,20 @@ class Scenario:
             return {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state) for ti in instances}
 
     @staticmethod
+    def xcom(dag_run: Any, task_id: str) -> Any:
+        """What a task returned in this run (as the XCom tab of the UI shows it)."""
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            row = (
+                session.query(XComModel)
+                .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value")
+                .one()
+            )
+            return XComModel.deserialize_value(row)
+
+    @staticmethod
     def task_duration(dag_run: Any, *task_ids: str) -> float:
         """Seconds the given tasks (all their mapped instances) took in this run, added up."""
         from airflow.models.taskinstance import TaskInstance
@@ -141,6 +155,17 @@ class Scenario:
     def vault_metadata(self) -> dict[str, str]:
         response = self.vault().secrets.kv.v2.read_secret_metadata(path=RECORD_PATH, mount_point=self.mount)
         return response["data"]["custom_metadata"] or {}
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        """The audit entries in Vault, oldest first."""
+        kv = self.vault().secrets.kv.v2
+        names = sorted(kv.list_secrets(path=f"{RECORD_PATH}/audit", mount_point=self.mount)["data"]["keys"])
+        return [
+            kv.read_secret_version(
+                path=f"{RECORD_PATH}/audit/{name}", mount_point=self.mount, raise_on_deleted_version=True
+            )["data"]["data"]
+            for name in names
+        ]
 
     def live_secrets(self) -> list[str]:
         return sorted(s["secret"] for s in self.kosli.live_secrets(ORG, SERVICE_ACCOUNT))
