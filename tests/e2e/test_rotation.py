@@ -5,6 +5,8 @@ Outcomes are checked through the sandbox and Vault directly, never through the t
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.scenario import (
@@ -165,3 +167,33 @@ def test_a_failed_rotation_says_in_vault_what_is_left_and_the_next_run_resumes(s
     audit = scenario.audit_entries()[-1]
     assert any("revoke_old failed" in event for event in audit["history"])
     assert any("took over" in event for event in audit["history"])
+
+
+def test_replace_does_not_revoke_an_old_key_that_is_still_being_used(scenario):
+    """Something not in the inventory uses the old key after every listed consumer got the new one."""
+    import threading
+
+    scenario.kosli.hour_seconds = 60.0
+    reads_of_old_key = scenario.kosli.faults.add(rf"/api-keys/{scenario.old_key_id}$", method="GET", delay=1.5, times=0)
+
+    def unlisted_consumer_uses_the_old_key() -> None:
+        # The gate reads the old key's last_used_at first; revoke_old reads it again before revoking.
+        while reads_of_old_key.fired < 2:
+            time.sleep(0.05)
+        scenario.probe(scenario.old_key)
+
+    user = threading.Thread(target=unlisted_consumer_uses_the_old_key, daemon=True)
+    user.start()
+    stopped = scenario.run(strategy="replace")
+    user.join(timeout=10)
+
+    assert stopped.state == "failed"
+    states = scenario.task_states(stopped)
+    assert states["all_consumers_verified"] == "success" and states["revoke_old"] == "failed"
+    assert scenario.old_key in scenario.live_secrets(), "the old key was not revoked"
+    assert "was used at" in scenario.vault_metadata()["failure"]
+
+    scenario.kosli.faults.clear()
+    forced = scenario.run(strategy="replace", force=True)
+
+    assert_rotated(scenario, forced)
