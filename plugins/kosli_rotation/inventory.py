@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kosli_rotation.consumers import KINDS, AnyConsumerConfig
 from kosli_rotation.key_store import VaultPath
+from kosli_rotation.notifications import NotifyTarget
 
 ENV_VAR = "KOSLI_ROTATION_INVENTORY"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "inventory.yaml"
@@ -61,6 +62,7 @@ class KeyEntry(BaseModel):
     retry_delay_seconds: int = Field(default=20, ge=1, le=3600, description="First retry delay; doubles.")
     description: str | None = None
     consumers: list[AnyConsumerConfig] = Field(default_factory=list)
+    notify: list[NotifyTarget] = Field(default_factory=list, description="Where failure notices go.")
     fan_out_batch_size: int = Field(
         default=10, ge=1, le=500, description="Consumers of one kind and connection handled by one task."
     )

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
+from kosli_rotation.notifications import notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
 from kosli_rotation.sensors import WaitForGraceEnd
 
@@ -24,13 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
-    """When a step fails for good: record in Vault what broke and what is left, and release the lock."""
+    """When a step fails for good: record in Vault what broke and what is left, release the lock, and
+    send the failure notices configured for the key."""
 
     def record(context: Any) -> None:
         task_id = context["task_instance"].task_id
         facts = Rotation(entry).record_failure(context["dag_run"].run_id, task_id, context.get("exception"))
         log.error("Rotation of %s failed at %s. %s", facts["key"], task_id, facts["todo"])
-        context["rotation_failure"] = facts
+        notify_failure(entry.notify, facts, context)
 
     return record
 
@@ -164,6 +166,7 @@ def for_each_consumer_batch(*methods: ConsumerStepMethod, **task_kwargs: Any) ->
             task_id=method.__name__,
             doc_md=method.__doc__,
             map_index_template="{{ consumer_batch }}",
+            on_failure_callback=None,  # the gate after them records and announces every consumer failure at once
             **task_kwargs,
         )
         def run_step(batch: list[str]) -> dict[str, Any]:

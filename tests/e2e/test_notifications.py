@@ -1,0 +1,105 @@
+"""A failed rotation sends one notice through Airflow's notifiers: an e-mail and a webhook."""
+
+from __future__ import annotations
+
+import json
+from email import message_from_bytes
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from kosli_rotation.consumers import github_actions
+from sandbox.github import GitHubSandbox
+from sandbox.server import Request, SandboxServer, json_response, route
+from tests.support.services import free_port
+
+pytestmark = pytest.mark.e2e
+GITHUB_TOKEN = "ghp_" + "n" * 36
+
+
+class Mailbox:
+    """An SMTP server that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+class WebhookSink(SandboxServer):
+    """A webhook receiver that keeps what it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[dict] = []
+
+    @route("POST", r"/hooks/kosli")
+    def receive(self, request: Request):
+        self.received.append(request.json())
+        return json_response(200, {"ok": True})
+
+
+@pytest.fixture
+def mailbox(monkeypatch):
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    extra = {"disable_tls": True, "disable_ssl": True, "from_email": "rotation@acme.example"}
+    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
+    yield box
+    controller.stop()
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    sink = WebhookSink().start()
+    monkeypatch.setenv("AIRFLOW_CONN_ROTATION_WEBHOOK", json.dumps({"conn_type": "http", "host": sink.url}))
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def github(monkeypatch):
+    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
+    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
+    with GitHubSandbox() as sandbox:
+        sandbox.add_repo("acme/app")
+        sandbox.add_token(GITHUB_TOKEN, repos={"acme/app": "admin"})
+        connection = {"conn_type": "github", "password": GITHUB_TOKEN, "host": sandbox.url}
+        monkeypatch.setenv("AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps(connection))
+        yield sandbox
+
+
+def test_a_failure_after_the_new_key_exists_is_announced_with_what_is_left(scenario, mailbox, webhook, github):
+    scenario.kosli.hour_seconds = 3600.0  # a real hour: the notice says how long the old key has left
+    scenario.write_inventory(
+        consumers=[
+            *scenario.entry["consumers"],
+            {"name": "app-actions", "kind": "github_actions", "repository": "acme/app"},
+        ],
+        notify=[
+            {"kind": "email", "to": ["security@acme.example"]},
+            {"kind": "webhook", "conn_id": "rotation_webhook", "endpoint": "/hooks/kosli"},
+        ],
+    )
+    # Preflight only reads; the secret write is refused for good (the token lost its rights meanwhile).
+    github.faults.add(r"/actions/secrets/KOSLI_API_TOKEN$", method="PUT", status=403, times=0)
+
+    run = scenario.run(strategy="rotate", grace_hours=24)
+
+    assert run.state == "failed"
+    (mail,) = mailbox.messages
+    assert mail["To"] == "security@acme.example"
+    assert mail["Subject"] == "Kosli key rotation failed: acme/ci-bot at all_consumers_verified"
+    body = "\n".join(part.get_payload(decode=True).decode() for part in mail.walk() if not part.is_multipart())
+    assert "Consumers not verified with the new key: app-actions" in body
+    assert "hours left" in body
+    (event,) = webhook.received
+    assert event["event"] == "kosli-key-rotation-failed"
+    assert event["failed_step"] == "all_consumers_verified"
+    assert event["unverified_consumers"] == ["app-actions"]
+    assert 23 < event["hours_left"] <= 24
+    assert scenario.old_key in scenario.live_secrets(), "nothing was revoked"
