@@ -34,6 +34,7 @@ from typing import Any
 
 from kosli_rotation.consumers import Consumer, build_consumer
 from kosli_rotation.errors import (
+    ConcurrentWriteError,
     ConsumerError,
     InvalidRequestError,
     KeyStoreError,
@@ -333,7 +334,13 @@ class Rotation:
                 "todo": None,
             }
         )
-        snapshot = self.store.save(intent, snapshot.version)
+        try:
+            snapshot = self.store.save(intent, snapshot.version)
+        except ConcurrentWriteError:
+            # Another run (perhaps of another Airflow deployment) wrote first: if it now owns the
+            # rotation, it is the one rotation; this run must not start a second.
+            self._refuse_if_locked(self.store.load().record, run)
+            raise
         log.info(
             "Intent recorded in Vault %s (version %d): %s key %s",
             self.store.location,
@@ -788,6 +795,9 @@ class Rotation:
         }
         if record.state == Phase.IDLE:
             facts["todo"] = "Nothing changed: fix the cause and trigger a new run."
+            return facts
+        if record.locked_by_other(self.owner(run_id), time.time()):
+            facts["todo"] = f"Nothing to do here: the rotation in flight belongs to {record.lock_owner}."
             return facts
         if record.state in AFTER_STORE:
             facts["unverified_consumers"] = self._unverified_consumers(record)
