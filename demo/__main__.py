@@ -10,8 +10,9 @@ from pathlib import Path
 
 from demo import REPO
 from demo.airflow_api import AirflowApi
+from demo.hygiene import print_scan, scan_for_keys
 from demo.processes import DemoError, ManagedProcess, Supervisor, free_ports, port_is_free, shown, wait_for
-from demo.report import Check, TrackedRun, check_key, follow, print_summary
+from demo.report import Check, ConsumerRow, TrackedRun, check_key, follow, print_summary
 from demo.services import (
     ADMIN_USER,
     HOUR_SECONDS,
@@ -20,12 +21,14 @@ from demo.services import (
     Kosli,
     Vault,
     start_airflow,
+    start_consumer_sandboxes,
     start_kosli,
     start_vault,
 )
 from demo.state import prepare_state_dir
-from demo.world import KEYS, seed_vault_and_consumers, write_inventory
+from demo.world import KEYS, VAULT_MOUNT, seed_keys_and_consumers, write_inventory
 from kosli_rotation.fingerprints import fingerprint
+from sandbox.fleet import ConsumerFleet
 
 DEFAULT_API_PORT = 8080
 SERVICE_START_TIMEOUT = 30.0
@@ -36,12 +39,14 @@ DAGS_LISTED_TIMEOUT = 180.0
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m demo",
-        description="Start OpenBao, the Kosli sandbox and Airflow locally, rotate two Kosli keys and watch.",
+        description="Start OpenBao, the Kosli and consumer sandboxes and Airflow locally, rotate two Kosli keys "
+        "and watch.",
     )
     parser.add_argument(
         "--exit-when-done",
         action="store_true",
-        help="stop everything after the summary; exit 0 only if both runs succeeded and every check holds",
+        help="stop everything after the summary and the secret scan; exit 0 only if both runs succeeded, every "
+        "check holds and no key is found in Airflow's database or logs",
     )
     parser.add_argument(
         "--timeout",
@@ -69,13 +74,20 @@ def choose_api_port(requested: int | None, fallback: int) -> int:
 
 
 class Demo:
-    """One demo: start the services, trigger two rotations, follow them, check, then wait or exit."""
+    """One demo: start the services, trigger two rotations, follow them, check, scan, then wait or exit."""
 
     def __init__(self, args: argparse.Namespace, supervisor: Supervisor) -> None:
         self.args = args
         self.supervisor = supervisor
         self.state_dir: Path = args.state_dir.resolve()
         self.deadline = time.monotonic() + args.timeout
+        self.fleet: ConsumerFleet | None = None  # the consumer sandboxes, in threads of this process
+        self.consumers: dict[str, list[dict]] = {}  # each key's consumer entries, for the inventory
+
+    def stop_consumer_sandboxes(self) -> None:
+        fleet, self.fleet = self.fleet, None
+        if fleet is not None:
+            fleet.stop()
 
     def within(self, cap: float) -> float:
         """A wait's own limit, cut short by what is left of --timeout."""
@@ -86,30 +98,58 @@ class Demo:
         print(f"Kosli key rotation demo; state, logs and consumer files in {shown(self.state_dir)}/")
         vault, kosli = self.start_services()
         old_fingerprints = {key.name: fingerprint(kosli.seeded.secrets[key.service_account]) for key in KEYS}
-        airflow, api = self.start_airflow(vault, kosli)
-        runs = self.start_rotations(api)
+        airflow, api, batch_labels = self.start_airflow(vault, kosli)
+        runs = self.start_rotations(api, batch_labels)
         self.print_banner(airflow, api, runs)
         try:
             follow(api, runs, self.supervisor, timeout=self.within(self.args.timeout))
-            passed = print_summary([(run, self.check(run, vault, kosli, old_fingerprints)) for run in runs])
+            passed = print_summary([(run, *self.check(run, vault, kosli, old_fingerprints)) for run in runs])
+            clean = self.scan_for_keys(airflow, api, runs, vault, kosli)
         except DemoError as error:
             if self.args.exit_when_done:
                 raise
             print(f"\nThe demo could not finish: {error}", file=sys.stderr)
-            passed = False
+            passed = clean = False
         if self.args.exit_when_done:
-            return 0 if passed else 1
+            return 0 if passed and clean else 1
         self.serve_until_interrupted(airflow)
         return 0
 
-    def check(self, run: TrackedRun, vault: Vault, kosli: Kosli, old_fingerprints: dict[str, str]) -> list[Check]:
+    def check(
+        self, run: TrackedRun, vault: Vault, kosli: Kosli, old_fingerprints: dict[str, str]
+    ) -> tuple[list[Check], list[ConsumerRow]]:
+        assert self.fleet is not None
+        names = {entry["name"] for entry in self.consumers[run.key.name]}
         return check_key(
             run,
             vault=vault.client(),
             kosli_url=kosli.url,
-            state_dir=self.state_dir,
             old_fingerprint=old_fingerprints[run.key.name],
+            consumers=[consumer for name, consumer in self.fleet.seeded.items() if name in names],
         )
+
+    def scan_for_keys(
+        self, airflow: Airflow, api: AirflowApi, runs: list[TrackedRun], vault: Vault, kosli: Kosli
+    ) -> bool:
+        """Look for every key involved in Airflow's database and files (see demo/hygiene.py); True if none is."""
+        kv = vault.client().secrets.kv.v2
+        new_keys = {
+            key.name: kv.read_secret_version(
+                path=key.vault_path, mount_point=VAULT_MOUNT, raise_on_deleted_version=True
+            )["data"]["data"].get("key")
+            for key in KEYS
+        }
+        control_key = KEYS[0]
+        result = scan_for_keys(
+            api=api,
+            airflow_home=airflow.home,
+            console_log=airflow.process.log,
+            runs=runs,
+            keys=[kosli.seeded.admin_key, *kosli.seeded.secrets.values(), *new_keys.values()],
+            control=(control_key.cli_config(self.state_dir), new_keys[control_key.name]),
+        )
+        print_scan(result)
+        return result.clean
 
     def start_services(self) -> tuple[Vault, Kosli]:
         vault_port = free_ports(1)[0]
@@ -119,19 +159,35 @@ class Demo:
         print(
             f"  Kosli sandbox        {kosli.url}  (1 Kosli hour lasts {HOUR_SECONDS} s; log {shown(kosli.process.log)})"
         )
-        seed_vault_and_consumers(vault.client(), kosli.seeded, self.state_dir)
+        self.fleet = fleet = start_consumer_sandboxes(vault, kosli)
+        sandboxes = ", ".join(f"{name} :{url.rsplit(':', 1)[1]}" for name, url in fleet.services.items())
+        print(f"  consumer sandboxes   {sandboxes} (threads of this process)")
+        self.consumers = seed_keys_and_consumers(vault.client(), kosli.seeded, fleet, self.state_dir)
         for key in KEYS:
             held = fingerprint(kosli.seeded.secrets[key.service_account])
-            consumers = " and ".join(key.consumer_names)
-            print(f"  seeded {key.name:<18} key {held} in Vault {key.vault_path} and its consumers {consumers}")
+            print(f"  seeded {key.name:<18} key {held} in Vault {key.vault_path} and its consumers:")
+            for entry in self.consumers[key.name]:
+                consumer = fleet.seeded[entry["name"]]
+                extra = f"; {consumer.canary}" if consumer.canary else ""
+                print(f"           {consumer.name:<20} {consumer.kind:<20} {consumer.where}{extra}")
         return vault, kosli
 
-    def start_airflow(self, vault: Vault, kosli: Kosli) -> tuple[Airflow, AirflowApi]:
-        inventory = write_inventory(self.state_dir)
-        print(f"  inventory            {shown(inventory)} (validated: {len(KEYS)} keys)")
+    def start_airflow(self, vault: Vault, kosli: Kosli) -> tuple[Airflow, AirflowApi, dict[str, list[str]]]:
+        assert self.fleet is not None
+        inventory, batch_labels = write_inventory(self.state_dir, self.consumers)
+        count = sum(len(entries) for entries in self.consumers.values())
+        print(f"  inventory            {shown(inventory)} (validated: {len(KEYS)} keys, {count} consumers)")
         api_port, *other_ports = free_ports(4)
         ports = AirflowPorts(choose_api_port(self.args.port, api_port), *other_ports)
-        airflow = start_airflow(self.supervisor, self.state_dir, ports, inventory=inventory, vault=vault, kosli=kosli)
+        airflow = start_airflow(
+            self.supervisor,
+            self.state_dir,
+            ports,
+            inventory=inventory,
+            vault=vault,
+            kosli=kosli,
+            connections=self.fleet.airflow_env(),
+        )
         log = shown(airflow.process.log)
         print(f"Starting Airflow (standalone, output in {log}); the first start takes a minute or two...")
         started = time.monotonic()
@@ -148,7 +204,7 @@ class Demo:
         api.log_in()
         self.wait_for_dags(api, watch, log)
         print(f"  Airflow is up after {time.monotonic() - started:.0f} s; both DAGs are parsed")
-        return airflow, api
+        return airflow, api, batch_labels
 
     def wait_for_dags(self, api: AirflowApi, watch: list[ManagedProcess], log: str) -> None:
         wanted = {key.dag_id for key in KEYS}
@@ -167,12 +223,12 @@ class Demo:
                 raise DemoError(f"{error} Import errors: {'; '.join(problems)}") from None
             raise
 
-    def start_rotations(self, api: AirflowApi) -> list[TrackedRun]:
+    def start_rotations(self, api: AirflowApi, batch_labels: dict[str, list[str]]) -> list[TrackedRun]:
         """Unpause both DAGs and trigger one manual run of each, with the strategy it demonstrates."""
         runs = []
         for key in KEYS:
             api.unpause(key.dag_id)
-            runs.append(TrackedRun(key, api.trigger(key.dag_id, key.conf)))
+            runs.append(TrackedRun(key, api.trigger(key.dag_id, key.conf), batch_labels[key.name]))
         return runs
 
     def print_banner(self, airflow: Airflow, api: AirflowApi, runs: list[TrackedRun]) -> None:
@@ -212,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows at once when piped
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the demo like Ctrl-C
     supervisor = Supervisor()
+    demo = Demo(args, supervisor)
     try:
-        return Demo(args, supervisor).run()
+        return demo.run()
     except DemoError as error:
         print(f"\nThe demo failed: {error}", file=sys.stderr)
         return 1
@@ -223,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
-        if supervisor.processes:
-            print("Stopping Airflow, the Kosli sandbox and OpenBao...")
+        if supervisor.processes or demo.fleet is not None:
+            print("Stopping Airflow, the Kosli sandbox, OpenBao and the consumer sandboxes...")
             supervisor.stop_all()
+            demo.stop_consumer_sandboxes()
             print("Stopped.")
 
 

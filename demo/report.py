@@ -1,7 +1,8 @@
 """Following the two runs as they happen, then checking the outcome where it matters.
 
-The checks look at the world directly (Vault, the consumer files, the sandbox's live secrets), not at
-what the DAG reports about itself, and print fingerprints only, never a key.
+The checks look at the world directly (Vault, the Kosli sandbox's live secrets, and each consumer through its
+own service's view: decrypted secrets, stored variables, canary job runs, the key each restarted pod started
+with), not at what the DAG reports about itself, and print fingerprints only, never a key.
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import hvac
 import requests
-import yaml
+from botocore.exceptions import BotoCoreError, ClientError
 from hvac.exceptions import VaultError
 
 from demo.airflow_api import TERMINAL_RUN_STATES, AirflowApi
-from demo.processes import DemoError, Supervisor, shown
-from demo.world import CONSUMER_FIELD, ORG, VAULT_MOUNT, DemoKey
+from demo.processes import DemoError, Supervisor
+from demo.world import ORG, VAULT_MOUNT, DemoKey
 from kosli_rotation.fingerprints import fingerprint
+from sandbox.fleet import SUCCESS, SeededConsumer
 
 POLL_SECONDS = 2.0
 MAX_FAILED_POLLS = 5
@@ -37,6 +38,8 @@ class TrackedRun:
 
     key: DemoKey
     run_id: str
+    #: The grid label of each consumer batch, by map index (Airflow renders it only once the task ran).
+    batch_labels: list[str] = field(default_factory=list)
     state: str = "queued"
     tasks: dict[str, str] = field(default_factory=dict)
 
@@ -46,18 +49,16 @@ class TrackedRun:
 
 
 def _say(key: DemoKey, what: str, state: str) -> None:
-    print(f"{datetime.now():%H:%M:%S}  {key.name:<18} {what:<34} {state}{STATE_NOTES.get(state, '')}")
+    print(f"{datetime.now():%H:%M:%S}  {key.name:<18} {what:<30} {state}{STATE_NOTES.get(state, '')}")
 
 
-def _task_label(key: DemoKey, instance: dict[str, Any]) -> str:
-    """``fan_out[ci-vault]`` for a mapped task (named after its consumer), else the task id."""
-    index = instance["map_index"]
+def _task_label(run: TrackedRun, instance: dict[str, Any]) -> str:
+    """``fan_out[ci-github]`` for a mapped consumer task (named after its batch of consumers), else the task id."""
+    index, task = instance["map_index"], instance["task_id"].removeprefix("consumers.")
     if index < 0:
-        return instance["task_id"]
-    # Airflow renders the consumer's name only once the task ran (until then it shows the index);
-    # the map index is the consumer's position in the inventory.
-    name = dict(enumerate(key.consumer_names)).get(index) or instance.get("rendered_map_index") or index
-    return f"{instance['task_id']}[{name}]"
+        return task
+    labels = dict(enumerate(run.batch_labels))
+    return f"{task}[{labels.get(index) or instance.get('rendered_map_index') or index}]"
 
 
 def _update(api: AirflowApi, run: TrackedRun) -> None:
@@ -65,7 +66,7 @@ def _update(api: AirflowApi, run: TrackedRun) -> None:
     instances = api.task_instances(run.key.dag_id, run.run_id)
     instances.sort(key=lambda ti: (ti.get("start_date") or "9999", ti["task_id"], ti["map_index"]))
     for instance in instances:
-        label, state = _task_label(run.key, instance), instance.get("state")
+        label, state = _task_label(run, instance), instance.get("state")
         if state and run.tasks.get(label) != state:
             run.tasks[label] = state
             tries = f" (try {instance['try_number']})" if instance.get("try_number", 0) > 1 else ""
@@ -143,10 +144,62 @@ def _held(value: Any) -> str:
     return fingerprint(str(value)) if value else "nothing"
 
 
+LOOK_ERRORS = (OSError, ValueError, LookupError, requests.RequestException, VaultError, BotoCoreError, ClientError)
+
+
+@dataclass(frozen=True)
+class ConsumerRow:
+    """One consumer in the summary table: what it holds and, for canaries and restarts, how that went."""
+
+    ok: bool
+    name: str
+    kind: str
+    holds: str
+    proof: str
+    where: str
+
+    def __str__(self) -> str:
+        status = "ok" if self.ok else "FAIL"
+        return _columns(status, self.name, self.kind, self.holds, self.proof, self.where)
+
+
+def _columns(*cells: str) -> str:
+    """A table row: fixed widths, and at least two spaces between cells, whatever their length."""
+    widths = (4, 19, 19, 27, 28)
+    return "    " + "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, (*widths, 0), strict=True)).rstrip()
+
+
+TABLE_HEADER = _columns("", "consumer", "kind", "holds", "canary / restart", "where")
+
+
+def check_consumer(consumer: SeededConsumer, current: str, old: str) -> ConsumerRow:
+    """Does the consumer hold the new key (fingerprint ``current``), as its service shows it; and did its canary
+    jobs succeed, or its restarted pods start with the new key?"""
+    name, kind, where = consumer.name, consumer.kind, consumer.where
+    try:
+        held = _held(consumer.read())
+        ok = held == current
+        holds = {current: "new key", old: "OLD key", "nothing": ""}.get(held, "other key")
+        proof = "-"
+        if consumer.canary_runs is not None:
+            runs = consumer.canary_runs()
+            ok = ok and bool(runs) and set(runs) == {SUCCESS}
+            outcomes = ", ".join(sorted(set(runs))) or "none ran"
+            proof = f"canary: {len(runs)} run{'s' * (len(runs) != 1)}, {outcomes}"
+        if consumer.pod_fingerprints is not None:
+            pods = consumer.pod_fingerprints()
+            fresh = sum(pod == current for pod in pods)
+            ok = ok and bool(pods) and fresh == len(pods)
+            proof = f"restart: {fresh}/{len(pods)} pods on new key"
+    except LOOK_ERRORS as error:
+        return ConsumerRow(False, name, kind, "could not look", f"{type(error).__name__}", where)
+    return ConsumerRow(ok, name, kind, f"{holds} {held}".strip(), proof, where)
+
+
 def check_key(
-    run: TrackedRun, *, vault: hvac.Client, kosli_url: str, state_dir: Path, old_fingerprint: str
-) -> list[Check]:
-    """Did this run leave one new live key, held by Vault and by both consumers?"""
+    run: TrackedRun, *, vault: hvac.Client, kosli_url: str, old_fingerprint: str, consumers: list[SeededConsumer]
+) -> tuple[list[Check], list[ConsumerRow]]:
+    """Did this run leave one new live key, held by Vault and by every consumer?"""
     key = run.key
     checks = [Check(run.state == "success", f"the run ended {run.state}")]
     try:
@@ -157,19 +210,14 @@ def check_key(
                 f"Vault {VAULT_MOUNT}/{key.vault_path} holds {current} (before the run: {old_fingerprint})",
             )
         )
-        in_vault = _held(_kv_field(vault, key.consumer_vault_path, CONSUMER_FIELD))
-        where = f"Vault {VAULT_MOUNT}/{key.consumer_vault_path}, field {CONSUMER_FIELD}"
-        checks.append(Check(in_vault == current, f"consumer {key.vault_consumer} ({where}) holds {in_vault}"))
-        config = key.cli_config(state_dir)
-        in_file = _held((yaml.safe_load(config.read_text()) or {}).get("api-token"))
-        checks.append(Check(in_file == current, f"consumer {key.cli_consumer} ({shown(config)}) holds {in_file}"))
         live = _live_fingerprints(kosli_url, key.service_account)
         count = "exactly one live key" if len(live) == 1 else f"{len(live)} live keys"
         listed = ", ".join(live) or "none"
         checks.append(Check(live == [current], f"Kosli {ORG}/{key.service_account} accepts {count}: {listed}"))
-    except (OSError, ValueError, requests.RequestException, VaultError) as error:
+    except LOOK_ERRORS as error:
         checks.append(Check(False, f"could not look: {type(error).__name__}: {error}"))
-    return checks
+        return checks, []
+    return checks, [check_consumer(consumer, current, old_fingerprint) for consumer in consumers]
 
 
 def _live_fingerprints(kosli_url: str, service_account: str) -> list[str]:
@@ -181,17 +229,23 @@ def _live_fingerprints(kosli_url: str, service_account: str) -> list[str]:
     return sorted(fingerprint(secret["secret"]) for secret in response.json())
 
 
-def print_summary(results: list[tuple[TrackedRun, list[Check]]]) -> bool:
-    """Print each run's outcome and checks; True when every check holds."""
+def print_summary(results: list[tuple[TrackedRun, list[Check], list[ConsumerRow]]]) -> bool:
+    """Print each run's outcome, its checks and a table of its consumers; True when every check holds."""
     print("\nSummary")
-    for run, checks in results:
+    for run, checks, rows in results:
         print(f"  {run.key.dag_id}, run {run.run_id}: {run.state}")
         for check in checks:
             print(check)
-    passed = all(check.ok for _, checks in results for check in checks)
+        if rows:
+            print(TABLE_HEADER)
+            for row in rows:
+                print(row)
+    passed = all(check.ok for _, checks, rows in results for check in [*checks, *rows])
+    kinds = {row.kind for _, _, rows in results for row in rows}
     if passed:
         print(
-            "All checks passed: each key was replaced, Vault and every consumer hold the new one, the old one is dead."
+            f"All checks passed: each key was replaced, Vault and every consumer ({len(kinds)} kinds) hold the new "
+            "one, every canary succeeded, the old one is dead."
         )
     else:
         print("Some checks FAILED (see above); the grid and task logs in the UI say why.")

@@ -1,4 +1,4 @@
-"""Starting the three services: OpenBao (dev mode), the Kosli sandbox and ``airflow standalone``."""
+"""Starting the services: OpenBao (dev mode), the Kosli sandbox, the consumer sandboxes and ``airflow standalone``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ import requests
 
 from demo import REPO
 from demo.processes import LOOPBACK, DemoError, ManagedProcess, Supervisor, shown, wait_for
-from demo.world import VAULT_MOUNT, SeededKeys, parse_ready_line, seed_document, write_private
+from demo.world import K8S_NAMESPACE, ORG, VAULT_MOUNT, SeededKeys, parse_ready_line, seed_document, write_private
+from sandbox.fleet import ConsumerFleet
 
 VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's bin, not the base interpreter's
 #: One Kosli hour lasts this many real seconds in the sandbox, so a 1-hour grace period takes 30 s.
 HOUR_SECONDS = 30
 ADMIN_USER = "admin"
+#: How long a canary job (GitHub workflow, Jenkins build, CircleCI pipeline) and a Kubernetes rollout take.
+CANARY_SECONDS = 1.0
+ROLLOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -99,6 +103,20 @@ def start_kosli(supervisor: Supervisor, state_dir: Path, timeout: float) -> Kosl
     return Kosli(parse_ready_line(text), process)
 
 
+def start_consumer_sandboxes(vault: Vault, kosli: Kosli) -> ConsumerFleet:
+    """GitHub, GitLab, Jenkins, CircleCI, Kubernetes and AWS (moto) sandboxes, in threads of this process; their
+    canary jobs check the key they hold against the Kosli sandbox."""
+    return ConsumerFleet(
+        kosli_url=kosli.url,
+        org=ORG,
+        canary_seconds=CANARY_SECONDS,
+        rollout_seconds=ROLLOUT_SECONDS,
+        vault=vault.client,
+        vault_mount=VAULT_MOUNT,
+        kubernetes_namespaces=[K8S_NAMESPACE],
+    ).start()
+
+
 @dataclass(frozen=True)
 class AirflowPorts:
     api: int
@@ -117,10 +135,18 @@ class Airflow:
 
 
 def airflow_env(
-    home: Path, ports: AirflowPorts, *, inventory: Path, vault: Vault, kosli: Kosli, password_file: Path
+    home: Path,
+    ports: AirflowPorts,
+    *,
+    inventory: Path,
+    vault: Vault,
+    kosli: Kosli,
+    password_file: Path,
+    connections: dict[str, str],
 ) -> dict[str, str]:
     """The whole configuration of standalone, as environment variables. The caller's own AIRFLOW_*
-    settings are dropped so that nothing from a developer's shell leaks into the demo."""
+    settings are dropped so that nothing from a developer's shell leaks into the demo. ``connections``:
+    more ``AIRFLOW_CONN_*`` variables (the consumer sandboxes')."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -150,13 +176,21 @@ def airflow_env(
             "AIRFLOW_CONN_VAULT_DEFAULT": vault.airflow_connection(),
             "AIRFLOW_CONN_KOSLI_DEFAULT": kosli.airflow_connection(),
             "KOSLI_ROTATION_INVENTORY": str(inventory),
+            **connections,
         }
     )
     return env
 
 
 def start_airflow(
-    supervisor: Supervisor, state_dir: Path, ports: AirflowPorts, *, inventory: Path, vault: Vault, kosli: Kosli
+    supervisor: Supervisor,
+    state_dir: Path,
+    ports: AirflowPorts,
+    *,
+    inventory: Path,
+    vault: Vault,
+    kosli: Kosli,
+    connections: dict[str, str],
 ) -> Airflow:
     """``airflow standalone`` with a login we generate, its output in ``airflow.log``.
 
@@ -166,7 +200,9 @@ def start_airflow(
     home.mkdir(parents=True)
     password, password_file = secrets.token_urlsafe(12), home / "passwords.json"
     write_private(password_file, json.dumps({ADMIN_USER: password}) + "\n")  # the format SimpleAuthManager reads
-    env = airflow_env(home, ports, inventory=inventory, vault=vault, kosli=kosli, password_file=password_file)
+    env = airflow_env(
+        home, ports, inventory=inventory, vault=vault, kosli=kosli, password_file=password_file, connections=connections
+    )
     process = supervisor.start(
         "airflow standalone",
         [str(VENV_BIN / "airflow"), "standalone"],

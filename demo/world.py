@@ -1,7 +1,8 @@
-"""What the demo rotates: two service-account keys of org ``acme``, their Vault records, their consumers,
-and the inventory that tells the DAG about them.
+"""What the demo rotates: two service-account keys of org ``acme``, their Vault records, their consumers (between
+them, one of every kind: in Vault, a Kosli CLI config file and the consumer sandboxes of ``sandbox.fleet``), and
+the inventory that tells the DAG about them.
 
-Keys are handled here only to seed Vault and the consumer files; they are never printed or logged.
+Keys are handled here only to seed Vault and the consumers; they are never printed or logged.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hvac
 import yaml
 
 from demo.processes import DemoError, shown
+from sandbox.fleet import ConsumerFleet
 
 ORG = "acme"
 ADMIN_ACCOUNT = "admin-bot"
@@ -25,13 +27,14 @@ CONSUMER_FIELD = "KOSLI_API_TOKEN"
 
 @dataclass(frozen=True)
 class DemoKey:
-    """One key to rotate, with where it lives and how the demo's manual run rotates it."""
+    """One key to rotate, with where it lives, its consumers' kinds and how the demo's manual run rotates it."""
 
     name: str
     service_account: str
     label: str
     app: str
     conf: dict[str, Any]
+    kinds: tuple[str, ...]
 
     @property
     def dag_id(self) -> str:
@@ -41,27 +44,28 @@ class DemoKey:
     def vault_path(self) -> str:
         return f"kosli/{ORG}/{self.service_account}"
 
-    @property
-    def consumer_vault_path(self) -> str:
-        return f"apps/{self.app}/kosli"
-
-    @property
-    def vault_consumer(self) -> str:
-        return f"{self.app}-vault"
-
-    @property
-    def cli_consumer(self) -> str:
-        return f"{self.app}-cli-config"
-
-    @property
-    def consumer_names(self) -> tuple[str, str]:
-        """In inventory order, which is also the map index of each consumer's task in the DAG."""
-        return (self.vault_consumer, self.cli_consumer)
+    def consumer_name(self, kind: str) -> str:
+        return f"{self.app}-{CONSUMER_SUFFIXES[kind]}"
 
     def cli_config(self, state_dir: Path) -> Path:
         return state_dir / "consumers" / f"{self.name}.yml"
 
 
+CONSUMER_SUFFIXES = {
+    "vault_kv": "vault",
+    "kosli_cli_config": "cli-config",
+    "github_actions": "github",
+    "gitlab_ci": "gitlab",
+    "jenkins_credential": "jenkins",
+    "circleci_env": "circleci",
+    "kubernetes_secret": "k8s",
+    "aws_secrets_manager": "aws",
+}
+#: Where the reporter's Kubernetes Secret and the Deployment reading it live.
+K8S_NAMESPACE = "kosli-reporter"
+
+# Between them, the two keys have a consumer of every kind: the CI bot's key is in the CI systems, the reporter's
+# in the cluster and in AWS; both are in an app's Vault secret and a Kosli CLI config file.
 KEYS = (
     DemoKey(
         name="acme-ci-bot",
@@ -69,6 +73,7 @@ KEYS = (
         label="ci",
         app="ci",
         conf={"reason": "make demo: routine rotation", "strategy": "rotate", "grace_hours": 1},
+        kinds=("vault_kv", "kosli_cli_config", "github_actions", "gitlab_ci", "jenkins_credential", "circleci_env"),
     ),
     DemoKey(
         name="acme-reporter-bot",
@@ -76,6 +81,7 @@ KEYS = (
         label="reporter",
         app="reporter",
         conf={"reason": "make demo: the key may have leaked", "strategy": "replace"},
+        kinds=("vault_kv", "kosli_cli_config", "kubernetes_secret", "aws_secrets_manager"),
     ),
 )
 
@@ -108,20 +114,50 @@ def parse_ready_line(text: str) -> SeededKeys:
     )
 
 
-def seed_vault_and_consumers(vault: hvac.Client, seeded: SeededKeys, state_dir: Path) -> None:
-    """Put each current key where a team would have it before adopting the tool: its Vault record,
-    an app's Vault secret and a Kosli CLI config file. The rotation then moves all three."""
-    (state_dir / "consumers").mkdir(parents=True, exist_ok=True)
-    kv = vault.secrets.kv.v2
+def seed_keys_and_consumers(
+    vault: hvac.Client, seeded: SeededKeys, fleet: ConsumerFleet, state_dir: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """Put each current key where a team would have it before adopting the tool: its Vault record and every
+    consumer of the key (in the sandboxes of ``fleet``, an app's Vault secret, a Kosli CLI config file).
+    The rotation then moves all of them. Returns each key's consumer entries for the inventory."""
+    consumers = {}
     for key in KEYS:
         secret = seeded.secrets[key.service_account]
-        kv.create_or_update_secret(path=key.vault_path, secret={"key": secret}, mount_point=VAULT_MOUNT)
-        kv.create_or_update_secret(
-            path=key.consumer_vault_path,
-            secret={"KOSLI_ORG": ORG, CONSUMER_FIELD: secret},
-            mount_point=VAULT_MOUNT,
+        vault.secrets.kv.v2.create_or_update_secret(
+            path=key.vault_path, secret={"key": secret}, mount_point=VAULT_MOUNT
         )
-        write_private(key.cli_config(state_dir), yaml.safe_dump({"org": ORG, "host": seeded.url, "api-token": secret}))
+        consumers[key.name] = [_add_consumer(fleet, key, kind, secret, seeded.url, state_dir) for kind in key.kinds]
+    return consumers
+
+
+def _add_consumer(
+    fleet: ConsumerFleet, key: DemoKey, kind: str, secret: str, kosli_url: str, state_dir: Path
+) -> dict[str, Any]:
+    """One consumer of ``key`` holding ``secret``; its inventory entry."""
+    name, app = key.consumer_name(kind), key.app
+    if kind == "vault_kv":
+        return fleet.add_vault_kv(name, secret, path=f"apps/{app}/kosli", field=CONSUMER_FIELD, keep={"KOSLI_ORG": ORG})
+    if kind == "kosli_cli_config":
+        return fleet.add_kosli_cli_config(name, secret, path=key.cli_config(state_dir), host=kosli_url)
+    if kind == "github_actions":
+        return fleet.add_github_actions(name, secret, repository=f"{ORG}/{app}-app", canary_workflow="kosli-canary.yml")
+    if kind == "gitlab_ci":
+        return fleet.add_gitlab_ci(name, secret, project=f"{ORG}/platform/{app}-app")
+    if kind == "jenkins_credential":
+        return fleet.add_jenkins_credential(
+            name, secret, credential_id=f"kosli-api-token-{app}", canary_job=f"canaries/kosli-check-{app}"
+        )
+    if kind == "circleci_env":
+        return fleet.add_circleci_env(
+            name, secret, context=f"kosli-{app}", canary_project=f"gh/{ORG}/{app}-app", by_name=True
+        )
+    if kind == "kubernetes_secret":
+        return fleet.add_kubernetes_secret(
+            name, secret, namespace=K8S_NAMESPACE, secret_name="kosli-api-token", deployment=f"{app}-web"
+        )
+    if kind == "aws_secrets_manager":
+        return fleet.add_aws_secrets_manager(name, secret, secret_id=f"{app}/kosli")
+    raise DemoError(f"the demo has no consumer of kind {kind!r}")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -131,38 +167,32 @@ def write_private(path: Path, text: str) -> None:
         stream.write(text)
 
 
-def inventory_document(state_dir: Path) -> dict[str, Any]:
+def inventory_document(consumers: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The inventory for the two keys; short retries so a failure shows quickly in the demo."""
-    entries = []
-    for key in KEYS:
-        entries.append(
-            {
-                "name": key.name,
-                "org": ORG,
-                "service_account": key.service_account,
-                "key_label": key.label,
-                "vault_path": key.vault_path,
-                "description": f"Demo: the key of {ORG}/{key.service_account}",
-                "consumers": [
-                    {
-                        "name": key.vault_consumer,
-                        "kind": "vault_kv",
-                        "path": key.consumer_vault_path,
-                        "field": CONSUMER_FIELD,
-                    },
-                    {"name": key.cli_consumer, "kind": "kosli_cli_config", "path": str(key.cli_config(state_dir))},
-                ],
-            }
-        )
+    entries = [
+        {
+            "name": key.name,
+            "org": ORG,
+            "service_account": key.service_account,
+            "key_label": key.label,
+            "vault_path": key.vault_path,
+            "description": f"Demo: the key of {ORG}/{key.service_account}",
+            "consumers": consumers[key.name],
+        }
+        for key in KEYS
+    ]
     return {"defaults": {"retries": 1, "retry_delay_seconds": 5}, "keys": entries}
 
 
-def write_inventory(state_dir: Path) -> Path:
-    """Write the inventory and validate it with the product's loader, before Airflow ever parses it."""
+def write_inventory(state_dir: Path, consumers: dict[str, list[dict[str, Any]]]) -> tuple[Path, dict[str, list[str]]]:
+    """Write the inventory and validate it with the product's loader, before Airflow ever parses it.
+
+    Returns its path and, per key, the labels of its consumer batches (one mapped task each, in map index order,
+    as the grid shows them)."""
     from kosli_rotation.inventory import InventoryError, load_inventory
 
     path = state_dir / "inventory.yaml"
-    path.write_text(yaml.safe_dump(inventory_document(state_dir), sort_keys=False))
+    path.write_text(yaml.safe_dump(inventory_document(consumers), sort_keys=False))
     try:
         inventory = load_inventory(path)
     except InventoryError as error:
@@ -170,4 +200,4 @@ def write_inventory(state_dir: Path) -> Path:
     problems = [problem for broken in inventory.broken for problem in broken.problems]
     if problems or [entry.name for entry in inventory.entries] != [key.name for key in KEYS]:
         raise DemoError(f"the demo's inventory {shown(path)} is invalid: " + "; ".join(problems))
-    return path
+    return path, {entry.name: [", ".join(batch) for batch in entry.consumer_batches] for entry in inventory.entries}

@@ -1,4 +1,5 @@
-"""Fixtures of the fan-out acceptance tests: the Scenario of tests/conftest.py, plus a Fleet of consumer sandboxes."""
+"""Fixtures of the fan-out acceptance tests: the Scenario of tests/conftest.py, plus a Fleet of consumer sandboxes
+(``sandbox.fleet.ConsumerFleet``, which ``make demo`` uses too, seeded with the scenario's key)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ def fleet(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet
     """One sandbox of every consumer service, each holding the scenario's current (old) key."""
     from tests.support.fleet import Fleet
 
-    started = Fleet(scenario, monkeypatch).start()
-    yield started
-    started.stop()
+    with Fleet(scenario, monkeypatch) as started:
+        yield started
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Fan-out acceptance tests: the real DAG (``dag.test()``) against OpenBao, the Kosli sandbox and one sandbox of
-every consumer service (see ``tests/support/fleet.py``), each holding the old key before the run.
+every consumer service (``sandbox/fleet.py``, wired by ``tests/support/fleet.py``), each holding the old key
+before the run.
 
 Outcomes are read through the sandboxes' own views (decrypted secrets, stored variables, write counters, canary
 job lists, pod start records), Vault (hvac) and the Kosli sandbox, never through the product's bookkeeping.
@@ -15,9 +16,10 @@ import pytest
 from airflow.listeners import hookimpl
 
 from kosli_rotation.consumers import KINDS
-from sandbox.kubernetes import fingerprint as sandbox_fingerprint
-from tests.support.fleet import CANARIES, KUBERNETES_MISSING, NAMES, Fleet
-from tests.support.scenario import Scenario, find_secrets_in_text
+from sandbox.fleet import fingerprint as sandbox_fingerprint
+from sandbox.secret_scan import find_secrets_in_text
+from tests.support.fleet import CANARIES, NAMES, Fleet
+from tests.support.scenario import Scenario
 
 pytestmark = pytest.mark.e2e
 
@@ -106,11 +108,6 @@ def assert_every_kind_is_in_the_inventory(scenario: Scenario, fleet: Fleet) -> N
     assert fleet.held_values() == dict.fromkeys(fleet.consumer_names, scenario.old_key), "seeded with the old key"
 
 
-def skip_if_kubernetes_is_missing(fleet: Fleet) -> None:
-    if not fleet.kubernetes_registered:
-        pytest.skip(KUBERNETES_MISSING + " (every other kind passed)")
-
-
 # -- the tests -----------------------------------------------------------------------------------------------
 
 
@@ -153,7 +150,6 @@ def test_every_consumer_of_every_kind_gets_the_new_key_and_the_old_key_dies(
     output = console(capfd, caplog)
     assert not find_secrets_in_text(output, [new_key, scenario.old_key]), "a key was printed"
 
-    skip_if_kubernetes_is_missing(fleet)
     secret_writes_before, generation_before = writes_before[NAMES["kubernetes_secret"]]
     assert writes_after[NAMES["kubernetes_secret"]] == (secret_writes_before + 1, generation_before + 1)
     pods = fleet.deployment_pod_fingerprints()
@@ -220,7 +216,6 @@ def test_a_failing_consumer_blocks_revocation_and_a_new_run_finishes_without_rot
     for name in CANARIES:
         assert canaries[name] and set(canaries[name]) == {"success"}, f"{name}: canary jobs {canaries[name]}"
 
-    skip_if_kubernetes_is_missing(fleet)
     assert set(fleet.deployment_pod_fingerprints()) == {sandbox_fingerprint(new_key)}
 
 
@@ -271,5 +266,3 @@ def test_dry_run_writes_nothing_and_plans_every_consumer(
         assert consumer["verify"], f"{name}: the plan does not say how it is verified"
         if name in CANARIES:
             assert "canary" in consumer["verify"], f"{name}: {consumer['verify']!r}"
-
-    skip_if_kubernetes_is_missing(fleet)

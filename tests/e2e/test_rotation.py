@@ -9,12 +9,8 @@ import time
 
 import pytest
 
-from tests.support.scenario import (
-    AIRFLOW_LOGS,
-    find_secrets_in_database,
-    find_secrets_in_files,
-    find_secrets_in_text,
-)
+from sandbox.secret_scan import find_secrets_in_database, find_secrets_in_files, find_secrets_in_text
+from tests.support.scenario import AIRFLOW_LOGS
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,7 @@ the product's own bookkeeping.
 
 from __future__ import annotations
 
-import base64
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,44 +184,3 @@ class Scenario:
         return requests.get(
             f"{self.kosli.url}/api/v2/environments/{ORG}", headers={"Authorization": f"Bearer {key}"}, timeout=5
         ).status_code
-
-
-def secret_forms(secret: str) -> list[bytes]:
-    """A secret as it could leak: plain, and base64 of it at each of the three alignments."""
-    raw = secret.encode()
-    forms = [raw]
-    for offset in range(3):
-        encoded = base64.b64encode(b"\0" * offset + raw)
-        forms.append(encoded[4 if offset else 0 : -4])  # drop the groups mixed with padding
-    return [form for form in forms if len(form) >= 16]
-
-
-def find_secrets_in_database(database: Path, secrets: list[str]) -> list[str]:
-    """Every (table, column) of the Airflow metadata DB whose content holds one of the secrets."""
-    hits = []
-    with sqlite3.connect(database) as connection:
-        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            cursor = connection.execute(f'SELECT * FROM "{table}"')
-            columns = [description[0] for description in cursor.description]
-            for row in cursor:
-                for column, value in zip(columns, row, strict=True):
-                    blob = value if isinstance(value, bytes) else str(value).encode()
-                    for secret in secrets:
-                        if any(form in blob for form in secret_forms(secret)):
-                            hits.append(f"{table}.{column}")
-    return sorted(set(hits))
-
-
-def find_secrets_in_files(root: Path, secrets: list[str]) -> list[str]:
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            blob = path.read_bytes()
-            hits.extend(str(path) for secret in secrets if any(form in blob for form in secret_forms(secret)))
-    return sorted(set(hits))
-
-
-def find_secrets_in_text(text: str, secrets: list[str]) -> bool:
-    blob = text.encode()
-    return any(form in blob for secret in secrets for form in secret_forms(secret))
