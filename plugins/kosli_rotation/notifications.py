@@ -1,7 +1,12 @@
-"""Failure notifications through Airflow's notifier mechanism: e-mail (SMTP provider) and webhooks (HTTP).
+"""Notices through Airflow's notifier mechanism: e-mail (SMTP provider) and webhooks (HTTP).
 
-Configured per inventory entry (``notify:``), sent when a step fails for good, with what a person on call
-needs: which key, which step, why, which consumers are not verified, and how long the old key has left.
+Configured per inventory entry (``notify:``). Two kinds of notice share one way of sending
+(``send_notice``):
+
+* a **failure notice**, when a step of a rotation (or a rollback) fails for good, with what a person on
+  call needs: which key, which step, why, which consumers are not verified, and how long the old key has left;
+* a **staleness notice**, when the daily staleness check finds something wrong with a key: past its maximum
+  age, a failed or abandoned rotation, a consumer holding a value that is not the current key.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ NotifyTarget = Annotated[EmailTarget | WebhookTarget, Field(discriminator="kind"
 
 
 def failure_summary(facts: dict[str, Any]) -> tuple[str, str]:
-    """Subject and body of a failure notice. ``facts`` come from ``Rotation.record_failure``."""
-    subject = f"Kosli key rotation failed: {facts['key']} at {facts['failed_step']}"
+    """Subject and body of a failure notice. ``facts`` come from ``Rotation.record_failure`` (or
+    ``Rollback.record_failure``, which sets ``operation`` to ``rollback``)."""
+    subject = f"Kosli key {facts.get('operation', 'rotation')} failed: {facts['key']} at {facts['failed_step']}"
     lines = [
         f"Key: {facts['key']} (DAG {facts['dag_id']}, run {facts['run_id']})",
         f"Failed step: {facts['failed_step']}",
@@ -45,7 +51,10 @@ def failure_summary(facts: dict[str, Any]) -> tuple[str, str]:
         f"Phase: {facts['phase']}",
     ]
     if facts.get("unverified_consumers"):
-        lines.append("Consumers not verified with the new key: " + ", ".join(facts["unverified_consumers"]))
+        lines.append(
+            f"Consumers not verified with {facts.get('key_to_verify', 'the new key')}: "
+            + ", ".join(facts["unverified_consumers"])
+        )
     if facts.get("old_key_dies_at"):
         lines.append(
             f"Kosli revokes the old key by itself at {facts['old_key_dies_at']} ({facts['hours_left']} hours left):"
@@ -55,9 +64,25 @@ def failure_summary(facts: dict[str, Any]) -> tuple[str, str]:
     return subject, "\n".join(lines)
 
 
-def _notifier(target: EmailTarget | WebhookTarget, facts: dict[str, Any]) -> Any:
-    subject, body = failure_summary(facts)
-    # Jinja renders notifier fields: keep the facts literal.
+def staleness_summary(facts: dict[str, Any]) -> tuple[str, str]:
+    """Subject and body of a staleness notice. ``facts`` come from ``staleness.KeyHealth.facts``: the key,
+    and its findings, each ``{"check", "problem", "message"}``; problems first, then what is fine."""
+    problems = [finding for finding in facts["findings"] if finding["problem"]]
+    notes = [finding for finding in facts["findings"] if not finding["problem"]]
+    checks = ", ".join(dict.fromkeys(finding["check"] for finding in problems))
+    subject = f"Kosli key needs attention: {facts['key']} ({checks})"
+    lines = [
+        f"Key: {facts['key']} (inventory entry {facts['name']}, rotated by DAG {facts['rotation_dag_id']})",
+        f"Checked by: DAG {facts['dag_id']}, run {facts['run_id']}",
+    ]
+    lines += ["", "Problems:"] + [f"- [{finding['check']}] {finding['message']}" for finding in problems]
+    if notes:
+        lines += ["", "Also checked:"] + [f"- [{finding['check']}] {finding['message']}" for finding in notes]
+    return subject, "\n".join(lines)
+
+
+def _notifier(target: EmailTarget | WebhookTarget, subject: str, body: str, payload: dict[str, Any]) -> Any:
+    # Jinja renders notifier fields: keep the notice literal.
     raw = lambda text: "{% raw %}" + text + "{% endraw %}"  # noqa: E731
     if isinstance(target, EmailTarget):
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
@@ -74,16 +99,48 @@ def _notifier(target: EmailTarget | WebhookTarget, facts: dict[str, Any]) -> Any
     return HttpNotifier(
         http_conn_id=target.conn_id,
         endpoint=target.endpoint,
-        data=raw(json.dumps({"event": "kosli-key-rotation-failed", "summary": subject, **facts})),
+        data=raw(json.dumps({"summary": subject, **payload})),
         headers={"Content-Type": "application/json"},
     )
 
 
-def notify_failure(targets: list[EmailTarget | WebhookTarget], facts: dict[str, Any], context: Any) -> None:
-    """Send to every target; one failing target never stops the others (and never masks the failure)."""
+def send_notice(
+    targets: list[EmailTarget | WebhookTarget],
+    *,
+    subject: str,
+    body: str,
+    payload: dict[str, Any],
+    context: Any,
+    what: str = "notice",
+) -> None:
+    """Send one notice to every target: an e-mail with ``subject`` and ``body``, a webhook with ``payload``
+    (JSON, plus ``summary``: the subject). One failing target never stops the others, and never raises: a
+    notice must not mask what it announces."""
     for target in targets:
         try:
-            _notifier(target, facts)(context)
-            log.info("Failure notice sent by %s through connection %s", target.kind, target.conn_id)
+            _notifier(target, subject, body, payload)(context)
+            log.info("%s sent by %s through connection %s", what.capitalize(), target.kind, target.conn_id)
         except Exception:
-            log.exception("Could not send the failure notice by %s through connection %s", target.kind, target.conn_id)
+            log.exception("Could not send the %s by %s through connection %s", what, target.kind, target.conn_id)
+
+
+def notify_failure(targets: list[EmailTarget | WebhookTarget], facts: dict[str, Any], context: Any) -> None:
+    """Send a failure notice to every target."""
+    subject, body = failure_summary(facts)
+    event = f"kosli-key-{facts.get('operation', 'rotation')}-failed"
+    send_notice(
+        targets, subject=subject, body=body, payload={"event": event, **facts}, context=context, what="failure notice"
+    )
+
+
+def notify_staleness(targets: list[EmailTarget | WebhookTarget], facts: dict[str, Any], context: Any) -> None:
+    """Send a staleness notice to every target (``facts``: see ``staleness_summary``)."""
+    subject, body = staleness_summary(facts)
+    send_notice(
+        targets,
+        subject=subject,
+        body=body,
+        payload={"event": "kosli-key-stale", **facts},
+        context=context,
+        what="staleness notice",
+    )

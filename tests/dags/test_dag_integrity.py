@@ -113,5 +113,76 @@ def test_an_unreadable_inventory_is_an_import_error_naming_the_file(no_network, 
 
     errors = parse_dags(monkeypatch).import_errors
 
-    assert len(errors) == 1
-    assert f"{path}: not valid YAML" in next(iter(errors.values()))
+    assert errors, "the broken inventory must show as an import error"
+    assert all(f"{path}: not valid YAML" in error for error in errors.values()), errors
+
+
+ROLLBACK_STEPS = [
+    "check_rollback_possible",
+    "restore_old_key_in_vault",
+    "consumers.fan_out_old_key",
+    "consumers.verify_consumers",
+    "revoke_new_key",
+    "confirm_new_key_dead",
+    "finalize_rollback",
+]
+
+
+def test_the_staleness_dag_checks_each_key_of_the_inventory_daily_in_one_mapped_task(
+    no_network, inventory, monkeypatch
+):
+    inventory({"keys": [entry("ci-bot"), entry("bad", grace_hours=9000), entry("deploy-bot")]})
+    bag = parse_dags(monkeypatch)
+
+    assert bag.import_errors == {}
+    dag = bag.dags["kosli_key_staleness"]
+    (check,) = dag.tasks
+    assert check.task_id == "check_that_the_key_is_fresh"
+    assert check.map_index_template == "{{ key_name }}", "labelled with the key's name in the grid"
+    assert check.op_kwargs_expand_input.value == {"name": ["ci-bot", "deploy-bot", "bad"]}, "invalid entries too"
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.expression == "0 7 * * *"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert dag.doc_md and "past its `max_age_days`" in dag.doc_md
+
+
+def test_a_rollback_dag_per_key_is_one_task_per_step_in_order_and_manual_only(no_network, inventory, monkeypatch):
+    inventory({"keys": [entry("ci-bot", grace_hours=48), entry("bad", grace_hours=9000)]})
+    bag = parse_dags(monkeypatch)
+
+    assert "rollback_kosli_key_bad" not in bag.dags, "no rollback for an entry that cannot be rotated"
+    dag = bag.dags["rollback_kosli_key_ci-bot"]
+    order, task = [], dag.get_task("check_rollback_possible")
+    while task is not None:
+        order.append(task.task_id)
+        downstream = [t for t in task.downstream_list if t.task_id != "any_step_failed"]
+        assert len(downstream) <= 1, f"{task.task_id} fans out to {downstream}"
+        task = downstream[0] if downstream else None
+    assert order == ROLLBACK_STEPS
+    assert set(dag.get_task("any_step_failed").upstream_task_ids) == set(ROLLBACK_STEPS)
+    assert dag.get_task("revoke_new_key").trigger_rule == "none_skipped", "it names unverified consumers"
+    assert dag.get_task("consumers.fan_out_old_key").map_index_template
+    assert type(dag.timetable).__name__ == "NullTimetable", "manual runs only"
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    reason = dag.params.get_param("reason")
+    assert not reason.has_value and reason.schema["type"] == "string" and reason.schema["minLength"] == 1
+    assert dag.params.get_param("grace_hours").schema == {"const": 48}, "fixed, hidden from the form"
+    assert {name for name, param in dag.params.items() if "const" not in param.schema} == {"reason", "dry_run"}
+    assert dag.doc_md and "ci-bot" in dag.doc_md
+
+
+def test_an_unreadable_inventory_makes_the_staleness_check_fail_daily_and_leaves_no_rollback(
+    no_network, tmp_path, monkeypatch
+):
+    path = tmp_path / "inventory.yaml"
+    path.write_text("keys: [\n  - name: x\n")
+    monkeypatch.setenv("KOSLI_ROTATION_INVENTORY", str(path))
+
+    bag = parse_dags(monkeypatch)
+
+    assert [Path(file).name for file in bag.import_errors] == ["kosli_key_rotation.py"], "reported once"
+    check = bag.dags["kosli_key_staleness"].get_task("check_that_the_key_is_fresh")
+    assert check.op_kwargs_expand_input.value == {"name": ["inventory"]}
+    assert not [dag_id for dag_id in bag.dags if dag_id.startswith("rollback_")]

@@ -1,0 +1,361 @@
+"""The daily staleness check: is each key fresh, its record healthy, and every consumer on the current key?
+
+Three checks per key, each returning findings (a problem to announce, or a note saying what is fine):
+
+1. ``check_age``: the key is past its maximum age. Its age counts from the last rotation recorded in Vault
+   (``rotated_at``); for a key the tool never rotated, from Kosli's ``created_at`` of the key (found like the
+   rotation finds it: the record's key id, else the inventory's ``key_id`` or ``key_label``), which is what
+   the rotation DAG's own due check uses, so both agree on when a key is due. A key is announced once it is
+   more than a day past due: until then its rotation DAG's daily due check has not had its chance yet.
+2. ``check_state``: the last rotation failed (``failed_step`` is set), or a rotation is in flight but its
+   lock expired long ago (the run that held it died and nothing resumed it).
+3. ``check_consumers``: a consumer that can be read back holds a value whose fingerprint is not the current
+   key's (or nothing). Write-only consumers cannot be read: the check says so, and what the tool last wrote.
+
+What is read: the record's non-secret summary in Vault's ``custom_metadata`` when it is current (it is
+mirrored after every write, best effort); the record itself, only to compute the key's fingerprint, when the
+summary is missing (a record seeded by hand) or older than the record. Nothing returned or logged holds a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kosli_rotation.consumers import Consumer
+from kosli_rotation.errors import InvalidRequestError, RotationError
+from kosli_rotation.inventory import KeyEntry
+from kosli_rotation.key_store import MANAGED_BY, KeyStore, Phase
+from kosli_rotation.kosli_hook import KosliHook
+from kosli_rotation.rotation import LOCK_TTL, Rotation
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+#: A due key is announced only once its rotation DAG's daily due check has had its chance to rotate it.
+OVERDUE_AFTER = DAY
+#: A rotation in flight whose lock expired longer ago than this was abandoned: its run died.
+ABANDONED_AFTER = LOCK_TTL
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the check established about a key: a ``problem`` to announce, or a note of what is fine."""
+
+    check: str  # "record", "age", "state" or "consumer <name>"
+    message: str
+    problem: bool = True
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """The non-secret facts of a key's Vault record the checks need (from ``KeyRecord.summary()``)."""
+
+    state: Phase
+    fingerprint: str
+    key_id: str | None = None
+    previous_fingerprint: str | None = None
+    run_id: str | None = None
+    strategy: str | None = None
+    rotated_at: float | None = None
+    grace_ends_at: float | None = None
+    lock_owner: str | None = None
+    lock_expires_at: float | None = None
+    failed_step: str | None = None
+    failure: str | None = None
+    todo: str | None = None
+    source: str = "metadata"  # where it was read: "metadata" (the summary) or "record" (the data)
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, str], source: str) -> RecordView:
+        times = ("rotated_at", "grace_ends_at", "lock_expires_at")
+        plain = ("key_id", "previous_fingerprint", "run_id", "strategy", "lock_owner", "failed_step", "failure", "todo")
+        return cls(
+            state=Phase(summary.get("state", Phase.IDLE.value)),
+            fingerprint=summary["fingerprint"],
+            source=source,
+            **{name: summary.get(name) for name in plain},
+            **{name: _epoch(summary.get(name)) for name in times},
+        )
+
+
+@dataclass
+class KeyHealth:
+    """What the staleness check found for one inventory entry."""
+
+    entry: KeyEntry
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.entry.org}/{self.entry.service_account}"
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [finding for finding in self.findings if finding.problem]
+
+    def facts(self, *, dag_id: str = "", run_id: str = "") -> dict[str, Any]:
+        """JSON-able, secret-free: for the task's XCom, the log and a staleness notice."""
+        return {
+            "key": self.key,
+            "name": self.entry.name,
+            "rotation_dag_id": self.entry.dag_id,
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "healthy": not self.problems,
+            "problems": len(self.problems),
+            "findings": [asdict(finding) for finding in self.findings],
+        }
+
+    def summary(self) -> str:
+        if not self.problems:
+            return f"{self.key}: healthy"
+        return f"{self.key} needs attention: " + "; ".join(f"[{f.check}] {f.message}" for f in self.problems)
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def _iso(epoch: float | None) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds") if epoch else None
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / DAY:.1f} days"
+
+
+# -- reading the record ---------------------------------------------------------------------------
+
+
+def read_record(store: KeyStore) -> RecordView:
+    """The record's non-secret facts: from its metadata summary when that is current, else from the record.
+
+    The summary is mirrored right after each write of the record (best effort). Vault sets the metadata's
+    ``updated_time`` to the current version's ``created_time`` when the record is written, and moves it on
+    when the summary is: so the summary is current exactly when the two differ. Raises the key store's errors
+    (missing record, access denied, malformed record) with their messages.
+    """
+    import hvac.exceptions
+
+    try:
+        metadata = store.client.secrets.kv.v2.read_secret_metadata(path=store.path, mount_point=store.mount)["data"]
+    except hvac.exceptions.InvalidPath:
+        metadata = {}  # no record: load() below says so, and how to create it
+    except hvac.exceptions.Forbidden:
+        raise InvalidRequestError(
+            f"Vault denied reading the metadata of {store.location}: the token of connection {store.conn_id!r} "
+            "needs the policy printed by `python -m kosli_rotation.vault_policy`"
+        ) from None
+    summary = dict(metadata.get("custom_metadata") or {})
+    version = (metadata.get("versions") or {}).get(str(metadata.get("current_version")), {})
+    current = version.get("created_time") and metadata.get("updated_time") != version.get("created_time")
+    if current and summary.get("managed_by") == MANAGED_BY and summary.get("fingerprint"):
+        return RecordView.from_summary(summary, "metadata")
+    # A record seeded by hand, or a summary older than the record: compute the summary from the record.
+    return RecordView.from_summary(store.load().record.summary(), "record")
+
+
+# -- the checks -----------------------------------------------------------------------------------
+
+
+def check_age(entry: KeyEntry, view: RecordView, *, now: float, kosli: KosliHook) -> list[Finding]:
+    """Is the key past its maximum age? From ``rotated_at``, else from Kosli's ``created_at`` of the key."""
+    born, since = view.rotated_at, "its last rotation"
+    if born is None:
+        try:
+            born = kosli_created_at(entry, view, kosli)
+        except AgeUnknown as unknown:
+            return [Finding("age", f"unknown: the key was never rotated by this tool, and {unknown}", unknown.problem)]
+        except RotationError as error:
+            return [Finding("age", f"unknown: the key was never rotated by this tool, and Kosli cannot say: {error}")]
+        since = "its creation in Kosli (never rotated by this tool)"
+    age, max_age = now - born, entry.max_age_days * DAY
+    due = born + max_age
+    if age <= max_age:
+        text = f"{_days(age)} old since {since}; due after {entry.max_age_days} days, on {_iso(due)}"
+        return [Finding("age", text, problem=False)]
+    if view.state != Phase.IDLE and not view.failed_step and not _abandoned(view, now):
+        text = (
+            f"{_days(age)} old, past its maximum age of {entry.max_age_days} days; a rotation is in flight "
+            f"(phase {view.state.value!r})"
+        )
+        return [Finding("age", text, problem=False)]
+    if age <= max_age + OVERDUE_AFTER:
+        text = (
+            f"{_days(age)} old, due since {_iso(due)}; its rotation DAG {entry.dag_id} rotates it at its next "
+            "daily due check"
+        )
+        return [Finding("age", text, problem=False)]
+    return [
+        Finding(
+            "age",
+            f"the key is {_days(age)} old (counted from {since}), past its maximum age of {entry.max_age_days} "
+            f"days since {_iso(due)}, and its rotation DAG {entry.dag_id} has not rotated it: is the DAG paused, or "
+            "are its runs failing? Trigger it to rotate now.",
+        )
+    ]
+
+
+class AgeUnknown(Exception):
+    """Kosli was asked, but cannot tell the age of the key in Vault."""
+
+    def __init__(self, message: str, *, problem: bool) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+def kosli_created_at(entry: KeyEntry, view: RecordView, kosli: KosliHook) -> float:
+    """Kosli's ``created_at`` of the key in Vault, found by the record's key id, else the inventory's
+    ``key_id`` or ``key_label`` (as the rotation finds it). Raises ``AgeUnknown`` saying why not."""
+    keys = kosli.list_keys(entry.org, entry.service_account)
+    where = f"{entry.org}/{entry.service_account}"
+    key_id = view.key_id or entry.key_id
+    if key_id:
+        found = next((key for key in keys if key.id == key_id), None)
+        if found is None:
+            raise AgeUnknown(f"Kosli does not list key {key_id} for {where}: is it revoked?", problem=True)
+        return found.created_at
+    if entry.key_label:
+        matches = [key for key in keys if key.description == entry.key_label]
+        if len(matches) == 1:
+            return matches[0].created_at
+        raise AgeUnknown(
+            f"key_label {entry.key_label!r} matches {len(matches)} keys of {where}: set key_id in the inventory",
+            problem=True,
+        )
+    raise AgeUnknown(
+        "neither the record nor the inventory names the key: set key_id or key_label in the inventory",
+        problem=False,
+    )
+
+
+def check_state(entry: KeyEntry, view: RecordView, *, now: float) -> list[Finding]:
+    """Did the last rotation fail, or was a rotation in flight abandoned?"""
+    if view.failed_step:
+        text = (
+            f"the rotation started by run {view.run_id} failed at {view.failed_step} (phase {view.state.value!r}): "
+            f"{view.failure}."
+        )
+        if view.grace_ends_at and view.state == Phase.STORED and view.strategy == "rotate":
+            text += f" Kosli revokes the old key by itself at {_iso(view.grace_ends_at)}."
+        return [Finding("state", text + (f" What to do: {view.todo}" if view.todo else ""))]
+    if view.state == Phase.IDLE:
+        return [Finding("state", "no rotation in flight, none failed", problem=False)]
+    if _abandoned(view, now):
+        expired = f"expired at {_iso(view.lock_expires_at)}" if view.lock_expires_at else "is not held by anyone"
+        return [
+            Finding(
+                "state",
+                f"a rotation (run {view.run_id}, phase {view.state.value!r}) is in flight, but its lock {expired}: "
+                f"the run that held it died and nothing resumed it. Trigger {entry.dag_id} (or clear its failed "
+                "task): it resumes the rotation.",
+            )
+        ]
+    return [
+        Finding(
+            "state",
+            f"a rotation is in flight (run {view.run_id}, phase {view.state.value!r}, held by {view.lock_owner} "
+            f"until {_iso(view.lock_expires_at)})",
+            problem=False,
+        )
+    ]
+
+
+def _abandoned(view: RecordView, now: float) -> bool:
+    return view.state != Phase.IDLE and (view.lock_expires_at or 0) + ABANDONED_AFTER < now
+
+
+def check_consumers(entry: KeyEntry, view: RecordView, store: KeyStore) -> list[Finding]:
+    """Does every consumer that can be read back hold the current key? (Read with the consumer's own
+    credentials, concurrently within each kind's limits, like the rotation's fan-out.)"""
+    if not entry.consumers:
+        return []
+    rotation = Rotation(entry)
+    findings: dict[str, Finding] = {}
+
+    def check(consumer: Consumer) -> str:
+        try:
+            finding = _check_consumer(consumer, view, store)
+        except Exception as error:  # one consumer failing to answer must not hide the others
+            finding = Finding(f"consumer {consumer.name}", f"could not be read: {type(error).__name__}: {error}")
+        findings[consumer.name] = finding
+        return finding.message
+
+    for batch in entry.consumer_batches:
+        rotation._for_each_consumer(batch, check)
+    return [findings[name] for name in entry.consumer_names]
+
+
+def _check_consumer(consumer: Consumer, view: RecordView, store: KeyStore) -> Finding:
+    label = f"consumer {consumer.name}"
+    current = f"the current key {view.fingerprint}" + (f" (key id {view.key_id})" if view.key_id else "")
+    if not consumer.readable:
+        status = store.read_note(f"consumers/{consumer.name}") or {}
+        written = status.get("written_fingerprint")
+        recorded = (
+            f"the tool last wrote {written} there at {status.get('written_at')}"
+            + (" (the current key)" if written == view.fingerprint else " (NOT the current key)")
+            if written
+            else "the tool has no record of writing it"
+        )
+        text = f"write-only ({consumer.kind}): what it holds cannot be read back, so it cannot be checked; {recorded}"
+        return Finding(label, text, problem=False)
+    held = consumer.read_fingerprint()
+    if held == view.fingerprint:
+        return Finding(label, f"holds {current}", problem=False)
+    if held is not None and held == view.previous_fingerprint and view.state == Phase.STORED:
+        return Finding(
+            label,
+            f"still holds the previous key ({held}): the rotation in flight has not given it {current} yet",
+            problem=False,
+        )
+    if held is None:
+        return Finding(label, f"holds no key at {consumer.describe()}: it should hold {current}")
+    return Finding(
+        label,
+        f"holds {held} at {consumer.describe()}, not {current}: it fails once that value is revoked (or already "
+        "does). Give it the current key: a rotation writes it, or fix it by hand.",
+    )
+
+
+def check_key(entry: KeyEntry, *, now: float | None = None) -> KeyHealth:
+    """Run every check on one key. A check that cannot run is itself a problem: the point is to prove health."""
+    now = time.time() if now is None else now
+    health = KeyHealth(entry)
+    store = KeyStore(entry.vault_path, conn_id=entry.vault_conn_id, mount=entry.vault_mount)
+    try:
+        view = read_record(store)
+    except Exception as error:
+        health.findings.append(Finding("record", f"cannot read the key's Vault record: {error}"))
+        return health
+    source = "its metadata summary" if view.source == "metadata" else "the record itself (no current summary)"
+    log.info("Record of %s read from %s: phase %r, key %s", health.key, source, view.state.value, view.key_id)
+    checks = (
+        ("age", lambda: check_age(entry, view, now=now, kosli=KosliHook(entry.kosli_conn_id))),
+        ("state", lambda: check_state(entry, view, now=now)),
+        ("consumers", lambda: check_consumers(entry, view, store)),
+    )
+    for name, run in checks:
+        try:
+            health.findings.extend(run())
+        except Exception as error:
+            health.findings.append(Finding(name, f"could not be checked: {type(error).__name__}: {error}"))
+    return health
+
+
+__all__ = [
+    "ABANDONED_AFTER",
+    "OVERDUE_AFTER",
+    "Finding",
+    "KeyHealth",
+    "RecordView",
+    "check_age",
+    "check_consumers",
+    "check_key",
+    "check_state",
+    "read_record",
+]
