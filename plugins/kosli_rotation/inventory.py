@@ -62,6 +62,9 @@ class KeyEntry(BaseModel):
     retry_delay_seconds: int = Field(default=20, ge=1, le=3600, description="First retry delay; doubles.")
     description: str | None = None
     consumers: list[AnyConsumerConfig] = Field(default_factory=list)
+    vault_retry_seconds: int = Field(
+        default=600, ge=5, le=3600, description="How long a just-minted key's Vault write is retried."
+    )
     notify: list[NotifyTarget] = Field(default_factory=list, description="Where failure notices go.")
     fan_out_batch_size: int = Field(
         default=10, ge=1, le=500, description="Consumers of one kind and connection handled by one task."

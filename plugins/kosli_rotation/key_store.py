@@ -211,7 +211,11 @@ class KeyStore:
 
         try:
             response = call_with_retries(
-                read, delay_for=_vault_delay, what=f"reading Vault {self.location}", deadline=deadline
+                read,
+                delay_for=_vault_delay,
+                what=f"reading Vault {self.location}",
+                deadline=deadline,
+                max_attempts=None if deadline else 5,
             )
         except hvac.exceptions.InvalidPath as error:
             raise KeyStoreError(
@@ -247,7 +251,11 @@ class KeyStore:
 
         try:
             response = call_with_retries(
-                write, delay_for=_vault_delay, what=f"writing Vault {self.location}", deadline=deadline
+                write,
+                delay_for=_vault_delay,
+                what=f"writing Vault {self.location}",
+                deadline=deadline,
+                max_attempts=None if deadline else 5,
             )
         except hvac.exceptions.InvalidRequest as error:
             if "check-and-set" in str(error):

@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 
 #: A manual run does not rotate a key that was rotated this recently, unless forced.
 MIN_MANUAL_INTERVAL = 3600.0
-#: How long rotate_and_store keeps retrying the Vault write while holding a just-minted key.
-PERSIST_BUDGET = 600.0
 #: Tolerated clock difference between Kosli and the worker when matching key creation times.
 CLOCK_SKEW = 300.0
 #: Probes of the new key retry 401s for a while: a new key may take a moment to propagate.
@@ -402,7 +400,8 @@ class Rotation:
             )
 
         try:
-            return self.store.update(store_new_key, deadline=time.monotonic() + PERSIST_BUDGET)
+            # The key exists only in this process now: keep retrying Vault for as long as the inventory allows.
+            return self.store.update(store_new_key, deadline=time.monotonic() + self.entry.vault_retry_seconds)
         except Exception as error:
             log.critical(
                 "Kosli minted key %s (%s) but Vault %s could not be written: %s. The value is lost with this "
