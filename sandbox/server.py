@@ -9,6 +9,7 @@ are reachable in-process and over HTTP under ``/_sandbox/`` (no auth, never faul
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 import socket
@@ -18,7 +19,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from email.message import Message
 from functools import partial
 from http import HTTPStatus
@@ -27,7 +28,10 @@ from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 ADMIN_PREFIX = "/_sandbox/"
-FAULT_ACTIONS = ("status", "delay", "drop_before", "drop_after_commit")
+FAULT_ACTIONS = ("status", "delay", "drop_before", "drop_after_commit", "hold")
+#: Seconds a ``hold`` keeps a request when nobody releases it; then the request is dropped, so a forgotten
+#: hold never wedges a server thread.
+HOLD_TIMEOUT = 300.0
 
 
 class InvalidJSONBody(ValueError):
@@ -110,8 +114,14 @@ class FaultRule:
 
     Actions: ``status`` (answer ``status``/``body``/``headers`` instead of the handler), ``delay`` (sleep
     ``delay`` seconds, then handle normally), ``drop_before`` (close the connection, handler not run) and
-    ``drop_after_commit`` (run the handler so its state change sticks, then close without answering).
+    ``drop_after_commit`` (run the handler so its state change sticks, then close without answering) and
+    ``hold`` (keep the request waiting inside the server until :meth:`release`, or ``hold_timeout`` seconds;
+    then close without answering, the handler not run unless released with ``run_handler=True``). A hold lets
+    a test act at the exact moment a client is blocked on that request, e.g. SIGKILL the client.
     ``action`` may be omitted when ``status`` or ``delay`` is given.
+
+    ``when`` (in-process only, not over HTTP) is a predicate on the :class:`Request` that must also hold for the
+    rule to match, e.g. on a header or the body. It runs under the fault set's lock: keep it quick.
     """
 
     path: str = ""  # regex searched in the request path; "" matches every path
@@ -122,7 +132,13 @@ class FaultRule:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float | None = None
+    when: Callable[[Request], bool] | None = None
+    hold_timeout: float = HOLD_TIMEOUT
     fired: int = field(default=0, init=False)
+    held: list[Request] = field(default_factory=list, init=False, repr=False)  # requests a hold caught
+    _arrived: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
+    _released: threading.Event = field(default_factory=threading.Event, init=False, repr=False, compare=False)
+    _run_handler: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.action is None:
@@ -135,6 +151,11 @@ class FaultRule:
             raise ValueError("a 'delay' fault needs 'delay' seconds")
         if self.times is not None and (not isinstance(self.times, int) or self.times < 0):
             raise ValueError("'times' must be a non-negative integer or null")
+        if self.when is not None and not callable(self.when):
+            raise ValueError("'when' must be a predicate on the request (in-process only)")
+        timeout = self.hold_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError("'hold_timeout' must be a number of seconds > 0")
         self.method = self.method.upper() if self.method else None
         try:
             self._path_regex = re.compile(self.path)
@@ -150,7 +171,38 @@ class FaultRule:
             not self.exhausted
             and self.method in (None, request.method)
             and self._path_regex.search(request.path) is not None
+            and self._when(request)
         )
+
+    def _when(self, request: Request) -> bool:
+        if self.when is None:
+            return True
+        try:
+            return bool(self.when(request))
+        except Exception:
+            traceback.print_exc()  # a broken predicate is a test bug: make it loud, and do not match
+            return False
+
+    # -- hold ------------------------------------------------------------------------------------------
+
+    def hold(self, request: Request) -> bool:
+        """Keep ``request`` until released or timed out (called by the server); True: run the handler."""
+        self.held.append(request)
+        self._arrived.set()
+        self._released.wait(self.hold_timeout)
+        return self._run_handler
+
+    def wait_held(self, timeout: float) -> bool:
+        """Wait until this rule holds (or has held) a request; False if none arrived within ``timeout``."""
+        return self._arrived.wait(timeout)
+
+    def release(self, *, run_handler: bool = False) -> None:
+        """Let every request this rule holds (and any it catches later) go: dropped without running the
+        handler (the request never happened), or, with ``run_handler``, handled and then dropped (it happened,
+        but its client never hears about it). The first release decides; later ones change nothing."""
+        if not self._released.is_set():
+            self._run_handler = run_handler
+            self._released.set()
 
     def response(self) -> Response:
         """The injected answer of a ``status`` rule; a dict/list body is sent as JSON."""
@@ -161,7 +213,11 @@ class FaultRule:
         return json_response(self.status, body, self.headers)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The rule as JSON for the admin API (``when`` is shown as whether there is one)."""
+        data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.repr and f.name != "when"}
+        data["when"] = self.when is not None
+        data["held"] = len(self.held)
+        return data
 
 
 class FaultSet:
@@ -179,9 +235,18 @@ class FaultSet:
         return rule
 
     def clear(self) -> int:
+        """Remove every rule; requests held by a ``hold`` rule are dropped."""
         with self._lock:
-            count, self._rules = len(self._rules), []
+            count, rules, self._rules = len(self._rules), self._rules, []
+        for rule in rules:
+            rule.release()
         return count
+
+    def release_holds(self) -> None:
+        """Drop every request a ``hold`` rule is keeping (the rules stay)."""
+        for rule in self.rules:
+            if rule.action == "hold":
+                rule.release()
 
     @property
     def rules(self) -> list[FaultRule]:
@@ -315,6 +380,7 @@ class SandboxServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self.faults.release_holds()  # a held request must not outlive its server
         httpd.shutdown()
         httpd.server_close()
         httpd.close_connections()
@@ -411,6 +477,10 @@ class SandboxServer:
         if rule.action == "status":
             return rule.response()
         if rule.action == "drop_before":
+            return None
+        if rule.action == "hold":
+            if rule.hold(request):
+                self._invoke(target, request)  # it happens, but its client never hears about it
             return None
         if rule.action == "delay":
             time.sleep(rule.delay or 0)

@@ -62,6 +62,9 @@ class KeyEntry(BaseModel):
     retry_delay_seconds: int = Field(default=20, ge=1, le=3600, description="First retry delay; doubles.")
     description: str | None = None
     consumers: list[AnyConsumerConfig] = Field(default_factory=list)
+    lock_ttl_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="A rotation lock not renewed for this long may be taken over."
+    )
     vault_retry_seconds: int = Field(
         default=600, ge=5, le=3600, description="How long a just-minted key's Vault write is retried."
     )

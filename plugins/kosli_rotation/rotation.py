@@ -59,7 +59,7 @@ CLOCK_SKEW = 300.0
 NEW_KEY_PROBES = 6
 #: Probes of the old key retry for a while: Kosli's revocation may lag our clock slightly.
 OLD_KEY_PROBES = 8
-#: How long the rotation lock lasts without renewal. Every step renews it; a dead holder loses it.
+#: The default life of the rotation lock without renewal (inventory: lock_ttl_seconds). Every step renews it.
 LOCK_TTL = 3600.0
 
 AFTER_STORE = (Phase.STORED, Phase.OLD_KEY_REVOKED, Phase.OLD_KEY_DEAD)
@@ -143,8 +143,10 @@ class Rotation:
         record = self.store.load().record
         self._refuse_if_locked(record, run)
         owner, now = self.owner(run), time.time()
-        lasts = LOCK_TTL + max(0.0, (record.grace_to_wait_for or 0) - now)
-        if record.lock_owner == owner and (record.lock_expires_at or 0) - now > lasts - LOCK_TTL / 2:
+        # The lock never covers the grace wait: taking over a rotation that waits is safe (the end of the
+        # wait comes from Vault), and a dead holder must not block the key for the whole grace period.
+        lasts = float(self.entry.lock_ttl_seconds)
+        if record.lock_owner == owner and (record.lock_expires_at or 0) - now > lasts / 2:
             return record
 
         def take(r: KeyRecord) -> KeyRecord | None:
@@ -183,9 +185,14 @@ class Rotation:
                 f"the key in Vault {self.store.location} ({fingerprint(record.key)}) gets HTTP "
                 f"{current_status} from Kosli: consumers using it are failing already"
             )
-            if resuming or strategy != "replace":
+            # An interrupted rotation (phase 'rotating') is finished by rotate_and_store's reconciliation, which
+            # creates a fresh key with the admin key: a dead key in Vault must not block that.
+            if record.state == Phase.ROTATING:
+                log.warning("%s; the interrupted rotation is reconciled and finished with a fresh key", message)
+            elif resuming or strategy != "replace":
                 raise VerificationError(message + "; run a manual rotation with strategy 'replace'")
-            log.warning("%s; 'replace' will create a working key", message)
+            else:
+                log.warning("%s; 'replace' will create a working key", message)
 
         consumers = [self.consumer(name) for name in self.entry.consumer_names]
         today = self._for_each_consumer(self.entry.consumer_names, lambda c: self._check_consumer(c, record))
@@ -312,7 +319,7 @@ class Rotation:
         old_description = next((key.description for key in keys if key.id == key_id), "")
 
         attempt = token_source.token_hex(4)
-        intent = record.locked_for(self.owner(run), LOCK_TTL)
+        intent = record.locked_for(self.owner(run), self.entry.lock_ttl_seconds)
         if reconciled:
             intent = intent.noted(reconciled)
         intent = intent.noted(f"{self.owner(run)} recorded its intent to {strategy} key {key_id} (attempt #{attempt})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from sandbox.forward_proxy import ForwardProxy
 from sandbox.server import (
     Abort,
     InvalidJSONBody,
@@ -247,3 +249,158 @@ def test_access_log_is_off_by_default_and_goes_to_stderr(capsys: pytest.CaptureF
         requests.get(f"{loud.url}/items", timeout=5)
     logged = capsys.readouterr().err
     assert logged.count("GET /items") == 1 and "[ItemSandbox]" in logged
+
+
+# -- hold: keep a request inside the server until the test lets it go ----------------------------------
+
+
+def _post_in_background(url: str, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
+    """POST from a thread; the outcome (a response or the exception) lands in the returned list."""
+    outcome: list[Any] = []
+
+    def post() -> None:
+        try:
+            outcome.append(requests.post(url, timeout=10, **kwargs))
+        except requests.RequestException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_hold_keeps_the_request_until_released_then_drops_it_unhandled(sandbox: ItemSandbox) -> None:
+    rule = sandbox.faults.add("/items", method="POST", action="hold")
+    thread, outcome = _post_in_background(f"{sandbox.url}/items", json="held")
+
+    assert rule.wait_held(5)
+    time.sleep(0.2)
+    assert thread.is_alive() and outcome == [], "the client is still waiting"
+    assert rule.fired == 1 and [request.json() for request in rule.held] == ["held"]
+    assert requests.get(f"{sandbox.url}/items", timeout=5).status_code == 200, "other requests are served"
+
+    rule.release()
+    thread.join(5)
+    assert isinstance(outcome[0], requests.ConnectionError)
+    assert sandbox.items == [], "the held request never happened"
+    assert requests.post(f"{sandbox.url}/items", json="next", timeout=5).status_code == 201, "times=1: spent"
+
+
+def test_hold_released_with_run_handler_commits_but_never_answers(sandbox: ItemSandbox) -> None:
+    rule = sandbox.faults.add("/items", method="POST", action="hold")
+    thread, outcome = _post_in_background(f"{sandbox.url}/items", json="committed")
+    assert rule.wait_held(5)
+
+    rule.release(run_handler=True)
+    rule.release()  # the first release decides
+    thread.join(5)
+    assert isinstance(outcome[0], requests.ConnectionError)
+    assert sandbox.items == ["committed"]
+
+
+def test_hold_matches_only_requests_its_predicate_accepts(sandbox: ItemSandbox) -> None:
+    rule = sandbox.faults.add(
+        "/items",
+        method="POST",
+        action="hold",
+        when=lambda request: request.headers.get("Authorization") == "Bearer old" and b'"stored"' in request.body,
+    )
+    assert requests.post(f"{sandbox.url}/items", json={"state": "stored"}, timeout=5).status_code == 201
+    headers = {"Authorization": "Bearer old"}
+    assert requests.post(f"{sandbox.url}/items", json={"state": "rotating"}, headers=headers, timeout=5).ok
+    assert rule.fired == 0
+    thread, outcome = _post_in_background(f"{sandbox.url}/items", json={"state": "stored"}, headers=headers)
+    assert rule.wait_held(5)
+    rule.release()
+    thread.join(5)
+    assert isinstance(outcome[0], requests.ConnectionError)
+    assert len(sandbox.items) == 2
+
+
+def test_a_predicate_that_raises_does_not_match(sandbox: ItemSandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    sandbox.faults.add("/items", status=500, when=lambda request: 1 / 0)
+    assert requests.get(f"{sandbox.url}/items", timeout=5).status_code == 200
+    assert "ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_a_forgotten_hold_times_out_and_clear_or_stop_let_held_requests_go(sandbox: ItemSandbox) -> None:
+    timed = sandbox.faults.add("/items", method="POST", action="hold", hold_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(requests.ConnectionError):
+        requests.post(f"{sandbox.url}/items", json=1, timeout=5)
+    assert 0.3 <= time.monotonic() - started < 3 and timed.fired == 1 and sandbox.items == []
+
+    sandbox.faults.add("/items", method="POST", action="hold")
+    thread, outcome = _post_in_background(f"{sandbox.url}/items", json=2)
+    time.sleep(0.2)
+    assert sandbox.faults.clear() == 2
+    thread.join(5)
+    assert isinstance(outcome[0], requests.ConnectionError)
+
+    rule = sandbox.faults.add("/items", method="POST", action="hold")
+    thread, outcome = _post_in_background(f"{sandbox.url}/items", json=3)
+    assert rule.wait_held(5)
+    sandbox.stop()
+    thread.join(5)
+    assert not thread.is_alive() and isinstance(outcome[0], requests.ConnectionError)
+    assert sandbox.items == []
+
+
+def test_invalid_hold_rules_and_predicates_over_http_are_rejected(sandbox: ItemSandbox) -> None:
+    with pytest.raises(ValueError):
+        sandbox.faults.add("/items", action="hold", when="Bearer old")
+    with pytest.raises(ValueError):
+        sandbox.faults.add("/items", action="hold", hold_timeout=0)
+    admin = f"{sandbox.url}/_sandbox/faults"
+    assert requests.post(admin, json={"path": "/items", "action": "hold", "when": "x"}, timeout=5).status_code == 400
+    sandbox.faults.add("/items", action="hold", when=lambda request: False)
+    listed = requests.get(admin, timeout=5).json()["rules"]
+    assert listed[0]["action"] == "hold" and listed[0]["when"] is True and listed[0]["held"] == 0
+
+
+# -- ForwardProxy: the same faults in front of a real service ------------------------------------------
+
+
+@pytest.fixture
+def proxy(sandbox: ItemSandbox) -> Iterator[ForwardProxy]:
+    with ForwardProxy(sandbox.url) as server:
+        yield server
+
+
+def test_proxy_forwards_method_path_query_headers_and_body_and_the_answer(
+    sandbox: ItemSandbox, proxy: ForwardProxy
+) -> None:
+    created = requests.post(f"{proxy.url}/items", json={"n": 1}, timeout=5)
+    assert (created.status_code, created.json()) == (201, {"index": 0})
+    assert sandbox.items == [{"n": 1}]
+    listed = requests.get(f"{proxy.url}/items?a=1&a=2&b=", headers={"User-Agent": "probe"}, timeout=5)
+    assert listed.json() == {"items": [{"n": 1}], "query": {"a": ["1", "2"], "b": [""]}, "ua": "probe"}
+    assert listed.headers["Content-Type"] == "application/json"
+    assert requests.get(f"{proxy.url}/names/a%20b", timeout=5).text == "a b", "the path is forwarded as sent"
+    missing = requests.get(f"{proxy.url}/items/9", timeout=5)
+    assert (missing.status_code, missing.json()) == (404, {"error": "no such item"})
+    limited = [requests.get(f"{proxy.url}/limited", headers={"X-Client": "p"}, timeout=5) for _ in range(3)]
+    assert limited[2].status_code == 429 and "Retry-After" in limited[2].headers
+    # Vault's LIST is forwarded too (this upstream answers it with http.server's 501, without counting it).
+    assert requests.request("LIST", f"{proxy.url}/items", timeout=5).status_code == 501
+    assert proxy.stats()["requests"] == {"forward": 8} and sandbox.stats()["total_requests"] == 7
+
+
+def test_proxy_faults_apply_to_the_upstream_calls_and_its_admin_api_is_its_own(
+    sandbox: ItemSandbox, proxy: ForwardProxy
+) -> None:
+    rule = proxy.faults.add("/items", method="POST", action="hold", when=lambda request: b"lost" in request.body)
+    assert requests.post(f"{proxy.url}/items", json="kept", timeout=5).status_code == 201
+    thread, outcome = _post_in_background(f"{proxy.url}/items", json="lost")
+    assert rule.wait_held(5)
+    rule.release()
+    thread.join(5)
+    assert isinstance(outcome[0], requests.ConnectionError)
+    assert sandbox.items == ["kept"], "the held request never reached the upstream"
+    assert requests.get(f"{proxy.url}/_sandbox/faults", timeout=5).json()["rules"][0]["held"] == 1
+
+
+def test_proxy_answers_502_when_the_upstream_is_down(sandbox: ItemSandbox, proxy: ForwardProxy) -> None:
+    sandbox.stop()
+    answer = requests.get(f"{proxy.url}/items", timeout=5)
+    assert answer.status_code == 502 and "unreachable" in answer.json()["errors"][0]
