@@ -27,3 +27,36 @@ def fleet_scenario(scenario: Scenario, fleet: Fleet) -> Scenario:
     """The scenario's key with a consumer of every kind (the Scenario's own two and the fleet's) in its inventory."""
     scenario.write_inventory(consumers=fleet.consumers)
     return scenario
+
+
+@pytest.fixture
+def mailbox(monkeypatch):
+    """A local SMTP server, and the ``smtp_default`` connection pointing at it."""
+    import json
+
+    from aiosmtpd.controller import Controller
+
+    from tests.support.services import free_port
+    from tests.support.sinks import Mailbox
+
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    extra = {"disable_tls": True, "disable_ssl": True, "from_email": "rotation@acme.example"}
+    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
+    yield box
+    controller.stop()
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    """A local webhook endpoint, and the ``rotation_webhook`` connection pointing at it."""
+    import json
+
+    from tests.support.sinks import WebhookSink
+
+    sink = WebhookSink().start()
+    monkeypatch.setenv("AIRFLOW_CONN_ROTATION_WEBHOOK", json.dumps({"conn_type": "http", "host": sink.url}))
+    yield sink
+    sink.stop()

@@ -3,62 +3,14 @@
 from __future__ import annotations
 
 import json
-from email import message_from_bytes
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from kosli_rotation.consumers import github_actions
 from sandbox.github import GitHubSandbox
-from sandbox.server import Request, SandboxServer, json_response, route
-from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
 GITHUB_TOKEN = "ghp_" + "n" * 36
-
-
-class Mailbox:
-    """An SMTP server that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-class WebhookSink(SandboxServer):
-    """A webhook receiver that keeps what it receives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[dict] = []
-
-    @route("POST", r"/hooks/kosli")
-    def receive(self, request: Request):
-        self.received.append(request.json())
-        return json_response(200, {"ok": True})
-
-
-@pytest.fixture
-def mailbox(monkeypatch):
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    extra = {"disable_tls": True, "disable_ssl": True, "from_email": "rotation@acme.example"}
-    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
-    yield box
-    controller.stop()
-
-
-@pytest.fixture
-def webhook(monkeypatch):
-    sink = WebhookSink().start()
-    monkeypatch.setenv("AIRFLOW_CONN_ROTATION_WEBHOOK", json.dumps({"conn_type": "http", "host": sink.url}))
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

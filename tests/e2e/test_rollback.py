@@ -9,17 +9,14 @@ import os
 import subprocess
 import sys
 from datetime import datetime
-from email import message_from_bytes
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from kosli_rotation.consumers import github_actions
 from sandbox.github import GitHubSandbox
 from sandbox.secret_scan import find_secrets_in_database, find_secrets_in_files, find_secrets_in_text
 from tests.support.scenario import AIRFLOW_LOGS, REPO
-from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
 GITHUB_TOKEN = "ghp_" + "r" * 36
@@ -92,29 +89,6 @@ def test_a_rollback_puts_the_old_key_back_everywhere_and_kills_the_new_one(scena
     assert rotated.state == "success", scenario.task_states(rotated)
     assert scenario.live_secrets() == [scenario.vault_record()["key"]]
     assert scenario.vault_record()["key"] not in (scenario.old_key, new_key)
-
-
-class Mailbox:
-    """An SMTP server that keeps what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def mailbox(monkeypatch):
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    extra = {"disable_tls": True, "disable_ssl": True, "from_email": "rotation@acme.example"}
-    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": port, "extra": extra}
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
-    yield box
-    controller.stop()
 
 
 def test_a_failed_rollback_says_what_is_left_and_the_next_run_resumes_it(scenario, mailbox):
