@@ -28,7 +28,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 ADMIN_PREFIX = "/_sandbox/"
-FAULT_ACTIONS = ("status", "delay", "drop_before", "drop_after_commit", "hold")
+FAULT_ACTIONS = ("status", "delay", "drop_before", "drop_after_commit", "status_after_commit", "hold")
 #: Seconds a ``hold`` keeps a request when nobody releases it; then the request is dropped, so a forgotten
 #: hold never wedges a server thread.
 HOLD_TIMEOUT = 300.0
@@ -114,7 +114,9 @@ class FaultRule:
 
     Actions: ``status`` (answer ``status``/``body``/``headers`` instead of the handler), ``delay`` (sleep
     ``delay`` seconds, then handle normally), ``drop_before`` (close the connection, handler not run) and
-    ``drop_after_commit`` (run the handler so its state change sticks, then close without answering) and
+    ``drop_after_commit`` (run the handler so its state change sticks, then close without answering),
+    ``status_after_commit`` (run the handler, then answer ``status``/``body``/``headers`` instead: a 5xx
+    after the work was done) and
     ``hold`` (keep the request waiting inside the server until :meth:`release`, or ``hold_timeout`` seconds;
     then close without answering, the handler not run unless released with ``run_handler=True``). A hold lets
     a test act at the exact moment a client is blocked on that request, e.g. SIGKILL the client.
@@ -145,7 +147,7 @@ class FaultRule:
             self.action = "status" if self.status is not None else "delay" if self.delay is not None else None
         if self.action not in FAULT_ACTIONS:
             raise ValueError(f"fault action must be one of {FAULT_ACTIONS}, or give 'status' or 'delay'")
-        if self.action == "status" and not isinstance(self.status, int):
+        if self.action in ("status", "status_after_commit") and not isinstance(self.status, int):
             raise ValueError("a 'status' fault needs an integer 'status'")
         if self.action == "delay" and not isinstance(self.delay, int | float):
             raise ValueError("a 'delay' fault needs 'delay' seconds")
@@ -485,6 +487,8 @@ class SandboxServer:
         if rule.action == "delay":
             time.sleep(rule.delay or 0)
         response = self._invoke(target, request)
+        if rule.action == "status_after_commit":
+            return rule.response()
         return None if rule.action == "drop_after_commit" else response
 
     def _collect_routes(self) -> list[tuple[str, re.Pattern[str], str]]:

@@ -81,6 +81,7 @@ class KeyRecord(BaseModel):
     failure: str | None = None
     todo: str | None = None
     history: list[str] = []  # what happened to the rotation in flight, for the audit entry
+    steps_in_flight: dict[str, str] = {}  # step -> who runs it since when; a step found here was interrupted
 
     def locked_by_other(self, owner: str, now: float) -> bool:
         """A lock only means something while a rotation is in flight."""
@@ -288,6 +289,32 @@ class KeyStore:
                 if deadline is not None and time.monotonic() > deadline:
                     raise
                 continue
+
+    def mark_step(self, owner: str, step: str, *, running: bool) -> None:
+        """Journal which steps of a rotation in flight are running. A step that starts while it is still
+        marked as running was interrupted (its process killed): that goes into the history, for the audit.
+        Journaling is best effort; it must never be why a step fails."""
+        now = time.time()
+
+        def mark(record: KeyRecord) -> KeyRecord | None:
+            if record.state == Phase.IDLE or record.locked_by_other(owner, now):
+                return None
+            steps = dict(record.steps_in_flight)
+            if not running:
+                if steps.pop(step, None) is None:
+                    return None
+                return record.model_copy(update={"steps_in_flight": steps})
+            if step in steps:
+                record = record.noted(f"{step} was interrupted ({steps[step]}); {owner} runs it again")
+            steps[step] = f"{owner} since {_iso(now)}"
+            return record.model_copy(update={"steps_in_flight": steps})
+
+        try:
+            self.update(mark)
+        except Exception as error:
+            import logging
+
+            logging.getLogger(__name__).warning("could not journal step %s in %s: %s", step, self.location, error)
 
     def _mirror_metadata(self, record: KeyRecord) -> None:
         """Best effort: the summary helps humans, but the data written just before is what counts."""

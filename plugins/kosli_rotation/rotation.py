@@ -25,8 +25,9 @@ import logging
 import re
 import secrets as token_source
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -126,6 +127,16 @@ class Rotation:
 
     def owner(self, run: RunRequest | str) -> str:
         return f"{self.entry.dag_id}/{run if isinstance(run, str) else run.run_id}"
+
+    @contextmanager
+    def journal(self, run_id: str, step_name: str) -> Iterator[None]:
+        """Run a step with it marked as running in the record, so a rerun can tell it was interrupted."""
+        owner = self.owner(run_id)
+        self.store.mark_step(owner, step_name, running=True)
+        try:
+            yield
+        finally:
+            self.store.mark_step(owner, step_name, running=False)
 
     def _refuse_if_locked(self, record: KeyRecord, run: RunRequest) -> None:
         if record.locked_by_other(self.owner(run), time.time()):
@@ -773,6 +784,7 @@ class Rotation:
                     "lock_owner": None,
                     "lock_expires_at": None,
                     "history": [],
+                    "steps_in_flight": {},
                     "consumers_verified_at": None,
                     "old_key_last_used_at": None,
                 }

@@ -44,9 +44,16 @@ class WaitForGraceEnd(BaseSensorOperator):
         self.vault_mount = vault_mount
         self.deferrable = deferrable
 
+    def _store(self) -> KeyStore:
+        return KeyStore(self.vault_path, conn_id=self.vault_conn_id, mount=self.vault_mount)
+
+    def _journal(self, context: Any, *, running: bool) -> None:
+        if context and "dag_run" in context:
+            owner = f"{context['dag_run'].dag_id}/{context['dag_run'].run_id}"
+            self._store().mark_step(owner, self.task_id, running=running)
+
     def _wait_until(self) -> float | None:
-        store = KeyStore(self.vault_path, conn_id=self.vault_conn_id, mount=self.vault_mount)
-        ends_at = store.load().record.grace_to_wait_for
+        ends_at = self._store().load().record.grace_to_wait_for
         return ends_at + MARGIN_SECONDS if ends_at else None
 
     def execute(self, context: Any) -> None:
@@ -54,12 +61,15 @@ class WaitForGraceEnd(BaseSensorOperator):
         if until is None:
             self.log.info("No grace period to wait for (strategy 'replace', or already past this step)")
             return
+        self._journal(context, running=True)  # cleared in execute_complete: a kill while waiting is noticed
         remaining = until - time.time()
         if remaining <= 0:
             self.log.info("Grace period ended at %s", datetime.fromtimestamp(until, UTC).isoformat())
+            self._journal(context, running=False)
             return
         if not self.deferrable:
             super().execute(context)
+            self._journal(context, running=False)
             return
         self.log.info(
             "Deferring until the grace period ends at %s (%.0f s from now); no worker slot is held",
@@ -78,3 +88,4 @@ class WaitForGraceEnd(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
         self.log.info("Grace period over: %s", event)
+        self._journal(context, running=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -140,6 +140,14 @@ def airflow_outcome() -> Iterator[None]:
         raise AirflowFailException(str(error)) from None
 
 
+def journal(method: Callable[..., Any], context: Any, step_name: str) -> Any:
+    """The step's journal entry in the Vault record (see ``KeyStore.mark_step``), when its owner keeps one."""
+    owner = method.__self__  # type: ignore[attr-defined]
+    if not hasattr(owner, "journal"):
+        return nullcontext()
+    return owner.journal(context["dag_run"].run_id, step_name)
+
+
 def step(method: StepMethod, **task_kwargs: Any) -> Any:
     """One task running one step of ``Rotation`` for this DAG's key."""
     entry: KeyEntry = method.__self__.entry  # type: ignore[attr-defined]
@@ -147,7 +155,7 @@ def step(method: StepMethod, **task_kwargs: Any) -> Any:
     @task(task_id=method.__name__, doc_md=method.__doc__, **task_kwargs)
     def run_step() -> dict[str, Any]:
         context = get_current_context()
-        with airflow_outcome():
+        with airflow_outcome(), journal(method, context, method.__name__):
             return method(run_request(entry, context))
 
     return run_step()
@@ -172,7 +180,7 @@ def for_each_consumer_batch(*methods: ConsumerStepMethod, **task_kwargs: Any) ->
         def run_step(batch: list[str]) -> dict[str, Any]:
             context = get_current_context()
             context["consumer_batch"] = ", ".join(batch)  # type: ignore[typeddict-unknown-key]
-            with airflow_outcome():
+            with airflow_outcome(), journal(method, context, f"{method.__name__}[{', '.join(batch)}]"):
                 return method(batch, run_request(entry, context))
 
         return run_step

@@ -144,19 +144,8 @@ KILL_POINTS = {
 #: With rotate, Kosli keeps the key id: nothing is DELETEd (the grace expiry kills the old secret).
 ROTATE_ONLY = {"wait_grace"}
 REPLACE_ONLY = {"revoke_old: before the revocation"}
-#: Product gap: a run that resumes after its *own* killed task notes nothing in the record's history (only a
-#: reconciliation, a takeover by another run or a failure callback leave a note), so once the new key is stored
-#: the audit entry reads like an uneventful rotation. Every end-state assertion passes before this one.
-AUDIT_SAYS_NOTHING = pytest.mark.xfail(
-    strict=True,
-    raises=AuditSaysNothing,
-    reason="product: Rotation._own (rotation.py) notes only takeovers by another owner; a rerun of the same run "
-    "after a SIGKILL leaves no trace in the audit history",
-)
-_NAMES = list(KILL_POINTS)
-AFTER_THE_STORE = set(_NAMES[_NAMES.index("verify_new_key") :])
 CASES = [
-    pytest.param(strategy, name, id=f"{strategy}-{name}", marks=[AUDIT_SAYS_NOTHING] if name in AFTER_THE_STORE else [])
+    pytest.param(strategy, name, id=f"{strategy}-{name}")
     for strategy in ("rotate", "replace")
     for name in KILL_POINTS
     if name not in (REPLACE_ONLY if strategy == "rotate" else ROTATE_ONLY)

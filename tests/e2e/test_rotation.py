@@ -68,13 +68,19 @@ def test_rotate_works_when_kosli_gives_the_rotated_key_a_new_id(scenario):
 
 
 @pytest.mark.parametrize(
-    ("strategy", "minting_call"),
-    [("rotate", r"/api-keys/[^/]+/rotate$"), ("replace", r"/api-keys$")],
+    ("strategy", "minting_call", "fault"),
+    [
+        ("rotate", r"/api-keys/[^/]+/rotate$", {"action": "drop_after_commit"}),
+        ("replace", r"/api-keys$", {"action": "drop_after_commit"}),
+        ("rotate", r"/api-keys/[^/]+/rotate$", {"action": "status_after_commit", "status": 502}),
+        ("replace", r"/api-keys$", {"action": "status_after_commit", "status": 503}),
+    ],
+    ids=["rotate-connection-lost", "replace-connection-lost", "rotate-5xx-after-commit", "replace-5xx-after-commit"],
 )
-def test_a_key_lost_between_kosli_and_vault_is_revoked_on_the_rerun(scenario, strategy, minting_call):
-    """Kosli commits the new key, then the connection drops before the answer reaches the task."""
+def test_a_key_lost_between_kosli_and_vault_is_revoked_on_the_rerun(scenario, strategy, minting_call, fault):
+    """Kosli commits the new key, then the answer never reaches the task (lost connection, or a 5xx)."""
     scenario.kosli.hour_seconds = 60.0  # the old key must outlive the failed run and the rerun's fan-out
-    scenario.kosli.faults.add(minting_call, method="POST", action="drop_after_commit")
+    scenario.kosli.faults.add(minting_call, method="POST", **fault)
 
     failed = scenario.run(strategy=strategy, grace_hours=1)
 

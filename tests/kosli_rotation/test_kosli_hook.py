@@ -59,6 +59,13 @@ def test_reads_honour_retry_after_on_429(kosli, hook):
     assert rule.fired == 2
 
 
+def test_a_read_that_times_out_is_retried(kosli):
+    sandbox, _ = kosli
+    rule = sandbox.faults.add(KEYS + "$", method="GET", delay=2.0, times=1)
+    assert len(KosliHook(timeout=0.5, max_attempts=3).list_keys(ORG, SERVICE_ACCOUNT)) == 1
+    assert rule.fired == 1
+
+
 def test_reads_give_up_after_a_bounded_number_of_5xx(kosli, hook):
     sandbox, _ = kosli
     rule = sandbox.faults.add(KEYS + "$", method="GET", status=503, times=0)
