@@ -88,6 +88,11 @@ class RunRequest:
     force: bool = False
     dry_run: bool = False
     triggered_by: str = "scheduler"
+    #: The consumers this run may write to (a manual choice); None: all of them.
+    consumers: frozenset[str] | None = None
+
+    def updates(self, consumer: str) -> bool:
+        return self.consumers is None or consumer in self.consumers
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -219,6 +224,7 @@ class Rotation:
                     "name": consumer.name,
                     "target": consumer.describe(),
                     "today": today["consumers"][consumer.name],
+                    "update": run.updates(consumer.name),
                     "verify": consumer.verification_plan(),
                 }
                 for consumer in consumers
@@ -528,9 +534,16 @@ class Rotation:
     # -- 4. fan_out / verify_consumers / all_consumers_verified --------------------------------
 
     def fan_out(self, batch: list[str], run: RunRequest) -> dict[str, Any]:
-        """Write the new key to a batch of consumers, skipping those that already hold it."""
+        """Write the new key to a batch of consumers, skipping those that already hold it or were left out."""
         record = self._stored_record(run)
-        return self._for_each_consumer(batch, lambda consumer: self._write_one(consumer, record))
+
+        def write(consumer: Consumer) -> str:
+            if not run.updates(consumer.name):
+                log.info("%s: not chosen for this run, left as it is", consumer.describe())
+                return "not chosen for this run: left as it is"
+            return self._write_one(consumer, record)
+
+        return self._for_each_consumer(batch, write)
 
     def _write_one(self, consumer: Consumer, record: KeyRecord) -> str:
         key_fingerprint = fingerprint(record.key)
@@ -554,6 +567,10 @@ class Rotation:
 
     def _verify_one(self, consumer: Consumer, record: KeyRecord, run: RunRequest) -> str:
         outcome = consumer.verify(record.key, written_at=record.rotated_at or 0)
+        if not outcome.ok and not run.updates(consumer.name):
+            # Left out on purpose (something else updates it): not this task's failure; the gate holds the old key.
+            log.warning("%s, not chosen for this run, does not hold the new key yet", consumer.describe())
+            return f"not chosen for this run and not verified ({outcome.method}): {outcome.detail}"
         if not outcome.ok:
             raise ConsumerError(consumer.name, f"not verified ({outcome.method}): {outcome.detail}")
         status = {
@@ -576,11 +593,13 @@ class Rotation:
         record = self._stored_record(run)
         missing = self._unverified_consumers(record)
         if missing:
+            left_out = [name for name in missing if not run.updates(name)]
             raise ConsumerError(
                 ", ".join(missing),
                 f"not verified with the new key {record.key_id} ({fingerprint(record.key)}), so the old key "
-                f"{record.previous_key_id} is NOT revoked. {self._old_key_outlook(record)} Fix the consumers, "
-                "then clear their failed tasks (or trigger a new run: it resumes here).",
+                f"{record.previous_key_id} is NOT revoked. {self._old_key_outlook(record)} "
+                + (f"Not chosen for this run: {', '.join(left_out)}. " if left_out else "")
+                + "Fix the consumers, then clear their failed tasks (or trigger a new run: it resumes here).",
                 retryable=False,
             )
         if record.consumers_verified_at is None:

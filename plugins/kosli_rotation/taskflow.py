@@ -56,7 +56,7 @@ ConsumerStepMethod = Callable[[list[str], RunRequest], dict[str, Any]]
 
 def trigger_form(entry: KeyEntry) -> dict[str, Param]:
     """The manual trigger form. It holds no secret: runs are told why and how, never with what key."""
-    return {
+    form = {
         "reason": Param(
             None,
             type=["null", "string"],
@@ -96,6 +96,21 @@ def trigger_form(entry: KeyEntry) -> dict[str, Param]:
             description="Check everything and print the plan, change nothing.",
         ),
     }
+    if entry.consumers:
+        names = entry.consumer_names
+        form["consumers"] = Param(
+            names,
+            type="array",
+            items={"type": "string", "enum": names},
+            uniqueItems=True,
+            minItems=1,
+            examples=names,
+            title="Consumers to update",
+            description="Manual runs only; default all. Consumers left out are not written to, but the old key is "
+            "still revoked only once every consumer is verified with the new key: leave one out when something "
+            "else updates it, or to finish the others first.",
+        )
+    return form
 
 
 def run_request(entry: KeyEntry, context: Any) -> RunRequest:
@@ -124,7 +139,23 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
         triggered_by=getattr(dag_run, "triggering_user_name", None) or ("scheduler" if not manual else "unknown"),
+        consumers=chosen_consumers(entry, params.get("consumers")) if manual else None,
     )
+
+
+def chosen_consumers(entry: KeyEntry, chosen: Any) -> frozenset[str] | None:
+    """The consumers a manual run may write to; None means all of them."""
+    if chosen is None or (entry.consumers and sorted(chosen) == sorted(entry.consumer_names)):
+        return None
+    if not isinstance(chosen, list) or not chosen or not all(isinstance(name, str) for name in chosen):
+        raise InvalidRequestError(f"parameter 'consumers' must be a non-empty list of consumer names, not {chosen!r}")
+    unknown = sorted(set(chosen) - set(entry.consumer_names))
+    if unknown:
+        raise InvalidRequestError(
+            f"parameter 'consumers' names {', '.join(unknown)}, not consumers of {entry.name} in the inventory "
+            f"(its consumers: {', '.join(entry.consumer_names) or 'none'})"
+        )
+    return frozenset(chosen)
 
 
 @contextmanager

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.e2e
         ({"force": "yes"}, "force"),
         ({"dry_run": 1}, "dry_run"),
         ({"reason": ["not", "text"]}, "reason"),
+        ({"consumers": ["release-cli", "no-such-consumer"]}, "consumers"),
+        ({"consumers": []}, "consumers"),
+        ({"consumers": "release-cli"}, "consumers"),
     ],
 )
 def test_the_trigger_form_refuses_bad_parameters_before_the_run_starts(scenario, conf, named):
