@@ -91,7 +91,11 @@ def test_a_dag_is_one_task_per_step_in_order(no_network, inventory, monkeypatch)
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id in STEPS), "every step retries"
     assert dag.get_task("consumers.fan_out").map_index_template
     assert dag.params["grace_hours"] == 48
-    assert set(dag.params.keys()) == {"reason", "strategy", "grace_hours", "force", "dry_run"}
+    assert set(dag.params.keys()) == {"reason", "strategy", "grace_hours", "force", "dry_run", "consumers"}
+    assert dag.params["strategy"] == "replace", "manual runs default to replace"
+    assert dag.params["consumers"] == ["apps"], "every consumer is updated unless the form says otherwise"
+    assert dag.params.get_param("consumers").schema["items"]["enum"] == ["apps"]
+    assert all(param.description for param in dag.params.values()), "every field of the form says what it does"
     assert dag.doc_md and "ci-bot" in dag.doc_md
 
 
