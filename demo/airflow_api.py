@@ -54,8 +54,9 @@ class AirflowApi:
         self._call("PATCH", f"/dags/{quote(dag_id)}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        """Start a manual run now (no logical date, as the UI does); return its run id."""
-        run = self._call("POST", f"/dags/{quote(dag_id)}/dagRuns", json={"logical_date": None, "conf": conf})
+        """Start a manual run now (no logical date, as the UI does), its reason as the run's note; return its id."""
+        body = {"logical_date": None, "conf": conf, "note": conf.get("reason")}
+        run = self._call("POST", f"/dags/{quote(dag_id)}/dagRuns", json=body)
         return str(run["dag_run_id"])
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from hvac.exceptions import VaultError
 
 from demo.airflow_api import TERMINAL_RUN_STATES, AirflowApi
 from demo.processes import DemoError, Supervisor
+from demo.services import ADMIN_USER
 from demo.world import ORG, VAULT_MOUNT, DemoKey
 from kosli_rotation.fingerprints import fingerprint
 from sandbox.fleet import SUCCESS, SeededConsumer
@@ -134,10 +135,7 @@ class Check:
 
 
 def _kv_field(vault: hvac.Client, path: str, name: str) -> str | None:
-    response = vault.secrets.kv.v2.read_secret_version(
-        path=path, mount_point=VAULT_MOUNT, raise_on_deleted_version=True
-    )
-    return (response["data"]["data"] or {}).get(name)
+    return _kv_document(vault, path).get(name)
 
 
 def _held(value: Any) -> str:
@@ -214,10 +212,31 @@ def check_key(
         count = "exactly one live key" if len(live) == 1 else f"{len(live)} live keys"
         listed = ", ".join(live) or "none"
         checks.append(Check(live == [current], f"Kosli {ORG}/{key.service_account} accepts {count}: {listed}"))
+        checks.append(_audit_check(vault, run))
     except LOOK_ERRORS as error:
         checks.append(Check(False, f"could not look: {type(error).__name__}: {error}"))
         return checks, []
     return checks, [check_consumer(consumer, current, old_fingerprint) for consumer in consumers]
+
+
+def _audit_check(vault: hvac.Client, run: TrackedRun) -> Check:
+    """The run's audit entry in Vault says who triggered it and why (the user the demo logged in as)."""
+    kv, folder = vault.secrets.kv.v2, f"{run.key.vault_path}/audit"
+    names = kv.list_secrets(path=folder, mount_point=VAULT_MOUNT)["data"]["keys"]
+    entries = [_kv_document(vault, f"{folder}/{name}") for name in names]
+    audit = next((entry for entry in entries if entry.get("finished_by_run") == run.run_id), None)
+    if audit is None:
+        return Check(False, f"no audit entry in Vault {VAULT_MOUNT}/{folder} for run {run.run_id}")
+    who, why = audit.get("triggered_by"), audit.get("reason")
+    expected = (ADMIN_USER, run.key.conf["reason"])
+    return Check((who, why) == expected, f"audit entry: triggered by {who!r}, reason {why!r}")
+
+
+def _kv_document(vault: hvac.Client, path: str) -> dict[str, Any]:
+    response = vault.secrets.kv.v2.read_secret_version(
+        path=path, mount_point=VAULT_MOUNT, raise_on_deleted_version=True
+    )
+    return response["data"]["data"] or {}
 
 
 def _live_fingerprints(kosli_url: str, service_account: str) -> list[str]:

@@ -85,6 +85,7 @@ def test_demo_rotates_both_keys_and_moves_off_a_busy_port(tmp_path: Path) -> Non
     for dag_id in DAG_IDS:
         assert re.search(rf"^  {dag_id}, run \S+: success$", stdout, re.MULTILINE), output
     assert "All checks passed" in stdout, output
+    assert stdout.count("[ok] audit entry: triggered by 'admin'") == len(DAG_IDS), "who triggered each run, and why"
 
     rows = [consumer_row(line) for line in stdout.splitlines() if re.match(r"^    (ok|FAIL) ", line)]
     assert {row["kind"] for row in rows} == set(KINDS), output
