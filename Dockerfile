@@ -1,0 +1,10 @@
+# The Airflow image the docker-compose deployment runs: the official image plus this tool's pinned requirements,
+# installed at build time (not with _PIP_ADDITIONAL_REQUIREMENTS at every start-up). The base image's Airflow
+# version and Python must match requirements.txt and constraints.txt (a test checks the version).
+FROM apache/airflow:3.3.2-python3.11
+
+COPY --chown=airflow:0 requirements.txt constraints.txt /opt/kosli-key-rotation/
+# requirements.txt pins apache-airflow itself, so pip keeps the image's Airflow rather than upgrading it.
+RUN pip install --no-cache-dir \
+        -r /opt/kosli-key-rotation/requirements.txt \
+        -c /opt/kosli-key-rotation/constraints.txt
