@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv test lint format demo lock clean
+.PHONY: venv test lint format demo lock clean chromium bench
 
 venv: $(STAMP)
 
@@ -25,7 +25,12 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+# The browser test drives Debian's Chromium headless; a fresh Debian machine (CI) gets it from apt.
+chromium:
+	@test -x /usr/bin/chromium || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: lint chromium
 	$(BIN)/pytest
 
 demo: venv

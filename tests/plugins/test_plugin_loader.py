@@ -22,6 +22,9 @@ print(json.dumps({{
     "files": {{name: getattr(sys.modules[name], "__file__", None) for name in {names!r}}},
     "top_level": sorted(name for name in sys.modules if "." not in name),
     "import_errors": plugins_manager.get_import_errors(),
+    "modules": sorted(sys.modules),
+    "plugins": [plugin.name for plugin in plugins_manager._get_plugins()[0]],
+    "external_views": [view["name"] for view in plugins_manager._get_ui_plugins()[0]],
 }}))
 """
 
@@ -53,6 +56,9 @@ def test_real_packages_still_resolve_after_airflow_loads_our_plugins(tmp_path):
         assert file and file.startswith(site_packages), f"{name} resolved to {file}, not the installed package"
     assert not library_module_stems() & set(report["top_level"]), "library modules were loaded as plugins"
     assert report["import_errors"] == {}
+    assert "kosli_key_rotation" in report["plugins"], "the Key rotation page's plugin is loaded"
+    assert "Key rotation" in report["external_views"]
+    assert "kosli_rotation.inventory" not in report["modules"], "the plugin imports the library only when serving"
 
 
 def test_without_the_ignore_file_a_plugin_module_shadows_the_real_package(tmp_path):

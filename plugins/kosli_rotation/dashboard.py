@@ -1,0 +1,290 @@
+"""The "Key rotation" page of the Airflow UI: every key of the inventory at a glance, never a secret.
+
+Each row joins three sources: the inventory (what should happen), the non-secret summary the rotation mirrors into
+its Vault record's ``custom_metadata`` plus the consumer status notes beside it (what happened to the key), and the
+Airflow REST API called with the viewer's own token (what the DAG's runs did, within the viewer's permissions). A
+failure to read one source shows in that row; it never breaks the page.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from kosli_rotation.inventory import BrokenEntry, KeyEntry, load_inventory
+from kosli_rotation.key_store import KeyStore
+
+#: Task ids that only summarise other failures: a link to them would not say what broke.
+WATCHER_TASKS = frozenset({"any_step_failed"})
+
+
+@dataclass(frozen=True)
+class LatestRun:
+    """The newest run of a key's DAG, as the Airflow API reports it."""
+
+    run_id: str
+    state: str
+    failed_task: str | None = None
+    failed_map_index: int | None = None
+
+
+#: Reads a DAG's latest run through the Airflow API (None: the DAG never ran).
+RunReader = Callable[[str], LatestRun | None]
+
+
+@dataclass
+class ConsumerState:
+    name: str
+    kind: str
+    verified_at: str | None = None
+    written_at: str | None = None
+
+
+@dataclass
+class KeyRow:
+    """One line of the page. Only ids, fingerprints, times and states: nothing here may hold a key."""
+
+    name: str
+    dag_id: str
+    org: str = ""
+    service_account: str = ""
+    strategy: str = ""
+    last_strategy: str | None = None
+    max_age_days: int | None = None
+    phase: str | None = None
+    key_id: str | None = None
+    fingerprint: str | None = None
+    rotated_at: float | None = None
+    grace_ends_at: float | None = None
+    failed_step: str | None = None
+    failure: str | None = None
+    todo: str | None = None
+    run: LatestRun | None = None
+    consumers: list[ConsumerState] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def next_due(self) -> float | None:
+        if self.rotated_at is None or self.max_age_days is None:
+            return None
+        return self.rotated_at + self.max_age_days * 86400
+
+    @property
+    def state(self) -> str:
+        """What a person should read first: a failure, a rotation in flight, or the last run's outcome."""
+        if self.problems and not self.phase:
+            return "error"
+        if self.failed_step:
+            return "failed"
+        if self.run and self.run.state in ("running", "queued"):
+            return "running"
+        if self.phase and self.phase != "idle":
+            return "in flight"
+        if self.run and self.run.state == "failed":
+            return "failed"
+        return "ok" if self.run else "never run"
+
+
+def _epoch(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
+    """Everything the page shows about one key, each source read on its own."""
+    row = KeyRow(
+        name=entry.name,
+        dag_id=entry.dag_id,
+        org=entry.org,
+        service_account=entry.service_account,
+        strategy=entry.strategy,
+        max_age_days=entry.max_age_days,
+        consumers=[ConsumerState(consumer.name, consumer.kind) for consumer in entry.consumers],
+    )
+    store = KeyStore(entry.vault_path, conn_id=entry.vault_conn_id, mount=entry.vault_mount)
+    try:
+        summary = store.read_metadata()
+        row.phase = summary.get("state")
+        row.last_strategy = summary.get("strategy")
+        row.key_id = summary.get("key_id")
+        row.fingerprint = summary.get("fingerprint")
+        row.rotated_at = _epoch(summary.get("rotated_at"))
+        row.grace_ends_at = _epoch(summary.get("grace_ends_at"))
+        row.failed_step, row.failure, row.todo = summary.get("failed_step"), summary.get("failure"), summary.get("todo")
+        for consumer in row.consumers:
+            status = store.read_note(f"consumers/{consumer.name}") or {}
+            if status.get("verified_fingerprint") == row.fingerprint:
+                consumer.verified_at = status.get("verified_at")
+            consumer.written_at = status.get("written_at")
+    except Exception as error:  # one unreadable record must not hide the other keys
+        row.problems.append(f"Vault {store.location}: {type(error).__name__}: {error}")
+    try:
+        row.run = read_run(entry.dag_id)
+    except Exception as error:
+        row.problems.append(f"Airflow API: {type(error).__name__}: {error}")
+    return row
+
+
+def broken_row(broken: BrokenEntry) -> KeyRow:
+    return KeyRow(name=broken.name or f"entry {broken.index}", dag_id=broken.dag_id, problems=list(broken.problems))
+
+
+def collect_rows(read_run: RunReader) -> list[KeyRow]:
+    try:
+        inventory = load_inventory()
+    except Exception as error:
+        return [KeyRow(name="inventory", dag_id="", problems=[f"{type(error).__name__}: {error}"])]
+    return [key_row(entry, read_run) for entry in inventory.entries] + [broken_row(b) for b in inventory.broken]
+
+
+# -- the Airflow API, with the viewer's token -------------------------------------------------------------------
+
+
+def api_run_reader(base_url: str, token: str, *, timeout: float = 10.0) -> RunReader:
+    """Read runs through the public REST API as the viewer, so the page shows only what they may see."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+
+    def get(path: str, **params: Any) -> Any:
+        response = session.get(f"{base_url.rstrip('/')}/api/v2{path}", params=params, timeout=timeout)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def read_run(dag_id: str) -> LatestRun | None:
+        runs = get(f"/dags/{quote(dag_id)}/dagRuns", order_by="-run_after", limit=1)
+        if not runs or not runs["dag_runs"]:
+            return None
+        run = runs["dag_runs"][0]
+        latest = LatestRun(run_id=run["dag_run_id"], state=run["state"])
+        if latest.state != "failed":
+            return latest
+        instances = get(f"/dags/{quote(dag_id)}/dagRuns/{quote(latest.run_id, safe='')}/taskInstances", limit=1000)
+        failed = [
+            ti
+            for ti in (instances or {}).get("task_instances", [])
+            if ti["state"] == "failed" and ti["task_id"] not in WATCHER_TASKS
+        ]
+        if not failed:
+            return latest
+        first = min(failed, key=lambda ti: ti.get("end_date") or "")
+        map_index = first.get("map_index", -1)
+        return LatestRun(latest.run_id, latest.state, first["task_id"], map_index if map_index >= 0 else None)
+
+    return read_run
+
+
+# -- HTML ----------------------------------------------------------------------------------------------------------
+
+STATE_COLOURS = {
+    "ok": "#1a7f37",
+    "running": "#0969da",
+    "in flight": "#0969da",
+    "failed": "#cf222e",
+    "error": "#cf222e",
+    "never run": "#6e7781",
+}
+
+
+def _when(epoch: float | None) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC") if epoch else "-"
+
+
+def _duration(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds >= 86400:
+        return f"{seconds / 86400:.0f} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
+
+
+def _link(href: str, text: str) -> str:
+    return f'<a href="{escape(href)}" target="_top">{escape(text)}</a>'
+
+
+def _run_cell(row: KeyRow) -> str:
+    if row.run is None:
+        return "no run yet"
+    run_href = f"/dags/{quote(row.dag_id)}/runs/{quote(row.run.run_id, safe='')}"
+    cell = f"{escape(row.run.state)}: {_link(run_href, row.run.run_id)}"
+    if row.run.failed_task:
+        task_href = f"{run_href}/tasks/{quote(row.run.failed_task)}"
+        if row.run.failed_map_index is not None:
+            task_href += f"/mapped/{row.run.failed_map_index}"
+        cell += f"<br>failed task: {_link(task_href, row.run.failed_task)}"
+    return cell
+
+
+def _consumers_cell(row: KeyRow) -> str:
+    items = []
+    for consumer in row.consumers:
+        verified = _epoch(consumer.verified_at)
+        when = f"verified {_when(verified)}" if verified else "not verified with this key"
+        mark = "ok" if consumer.verified_at else "pending"
+        label = f"{escape(consumer.name)} <small>({escape(consumer.kind)})</small>"
+        items.append(f'<li class="{mark}">{label}: {when}</li>')
+    return f"<ul>{''.join(items)}</ul>" if items else "none"
+
+
+def render_row(row: KeyRow, now: float) -> str:
+    state = row.state
+    colour = STATE_COLOURS.get(state, "#6e7781")
+    age = _duration(now - row.rotated_at) if row.rotated_at else "-"
+    due = row.next_due
+    due_text = "-" if due is None else _when(due) + (" (overdue)" if due < now else f" (in {_duration(due - now)})")
+    grace = "-"
+    if row.grace_ends_at and row.phase == "stored" and row.strategy:
+        left = row.grace_ends_at - now
+        grace = f"{_duration(left)} left" if left > 0 else "ended"
+    details = []
+    if row.phase:
+        details.append(f"phase {escape(row.phase)}")
+    if row.failed_step:
+        details.append(f"<b>failed at {escape(row.failed_step)}</b>: {escape(row.failure or '')}")
+    if row.todo:
+        details.append(f"to do: {escape(row.todo)}")
+    details += [f'<span class="problem">{escape(problem)}</span>' for problem in row.problems]
+    key = f"{escape(row.key_id or '-')}<br><small>{escape(row.fingerprint or '')}</small>"
+    return (
+        f'<tr data-key="{escape(row.name)}" data-state="{escape(state)}">'
+        f"<td>{_link('/dags/' + quote(row.dag_id), row.name) if row.dag_id else escape(row.name)}</td>"
+        f"<td>{escape(row.org)}</td><td>{escape(row.service_account)}</td><td>{key}</td>"
+        f"<td>{age}</td><td>{due_text}</td><td>{escape(row.strategy)} <small>(scheduled)</small>"
+        f"{'<br>last run: ' + escape(row.last_strategy) if row.last_strategy else ''}</td>"
+        f'<td><span class="state" style="background:{colour}">{escape(state)}</span><br>{_run_cell(row)}'
+        f"<br><small>{'<br>'.join(details)}</small></td>"
+        f"<td>{grace}</td><td>{_consumers_cell(row)}</td></tr>"
+    )
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Key rotation</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #1f2328; }}
+h1 {{ font-size: 1.4rem; margin: 0 0 .3rem; }} p.lead {{ color: #59636e; margin: 0 0 1rem; }}
+table {{ border-collapse: collapse; width: 100%; font-size: .9rem; }}
+th, td {{ border-bottom: 1px solid #d1d9e0; padding: .45rem .6rem; text-align: left; vertical-align: top; }}
+th {{ background: #f6f8fa; }} ul {{ margin: 0; padding-left: 1rem; }} li.pending {{ color: #9a6700; }}
+.state {{ color: white; border-radius: 1rem; padding: .1rem .6rem; font-weight: 600; white-space: nowrap; }}
+.problem {{ color: #cf222e; }} small {{ color: #59636e; }} a {{ color: #0969da; }}
+</style></head><body>
+<h1>Key rotation</h1>
+<p class="lead">Every Kosli key in the inventory: where its rotation stands and which consumers are verified with the
+current key. Read from Vault metadata and the Airflow API at {now}; no key is ever shown.</p>
+<table><thead><tr><th>key</th><th>org</th><th>service account</th><th>key id</th><th>key age</th><th>next due</th>
+<th>strategy</th><th>state</th><th>grace left</th><th>consumers</th></tr></thead>
+<tbody>{rows}</tbody></table></body></html>
+"""
+
+
+def render_page(rows: list[KeyRow], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    return PAGE.format(now=_when(now), rows="".join(render_row(row, now) for row in rows))
