@@ -72,6 +72,9 @@ class KeyEntry(BaseModel):
     fan_out_batch_size: int = Field(
         default=10, ge=1, le=500, description="Consumers of one kind and connection handled by one task."
     )
+    pool: str | None = Field(
+        default=None, min_length=1, description="Airflow pool for this key's tasks, to cap concurrent rotation work."
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -272,7 +272,12 @@ def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
         start_date=FIRST_DAY,
         catchup=False,
         max_active_runs=1,
-        default_args={"owner": entry.owner, "on_failure_callback": on_step_failure(entry), **retry_with_backoff(entry)},
+        default_args={
+            "owner": entry.owner,
+            "on_failure_callback": on_step_failure(entry),
+            **retry_with_backoff(entry),
+            **({"pool": entry.pool} if entry.pool else {}),
+        },
         params=trigger_form(entry),
         tags={"kosli", "key-rotation", f"org:{entry.org}"},
     )

@@ -96,6 +96,15 @@ def test_a_dag_is_one_task_per_step_in_order(no_network, inventory, monkeypatch)
     assert dag.params["consumers"] == ["apps"], "every consumer is updated unless the form says otherwise"
     assert dag.params.get_param("consumers").schema["items"]["enum"] == ["apps"]
     assert all(param.description for param in dag.params.values()), "every field of the form says what it does"
+    assert {task.pool for task in dag.tasks} == {"default_pool"}, "no pool unless the inventory names one"
+
+
+def test_a_pool_named_in_the_inventory_holds_every_task_of_the_key(no_network, inventory, monkeypatch):
+    inventory({"keys": [entry("ci-bot", pool="kosli_rotation")]})
+
+    dag = parse_dags(monkeypatch).dags["rotate_kosli_key_ci-bot"]
+
+    assert {task.pool for task in dag.tasks} == {"kosli_rotation"}
     assert dag.doc_md and "ci-bot" in dag.doc_md
 
 
