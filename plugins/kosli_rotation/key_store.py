@@ -8,6 +8,7 @@ writers can never both win. A non-secret summary is mirrored into the record's
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     import hvac
 
 MANAGED_BY = "kosli-key-rotation"
+#: OpenBao refuses a request whose JSON holds more than 1000 strings, keys included ("refused JSON input due to high
+#: complexity"). A note above this budget (an audit entry listing hundreds of consumers) keeps its top-level scalars
+#: as they are and carries its largest fields as JSON text, named in ``PACKED_FIELDS``; ``read_note`` unpacks them.
+NOTE_STRING_BUDGET = 400
+PACKED_FIELDS = "packed_as_json_text"
 
 
 def check_vault_path(path: str) -> str:
@@ -333,10 +339,10 @@ class KeyStore:
         return dict(response["data"].get("custom_metadata") or {})
 
     def write_note(self, relative: str, data: dict[str, Any]) -> str:
-        """Write a non-secret document next to the record (audit entries, consumer status)."""
-        path = f"{self.path}/{relative}"
+        """Write a non-secret document next to the record (audit entries, consumer status), of any size."""
+        path, packed = f"{self.path}/{relative}", pack_note(data)
         call_with_retries(
-            lambda: self._kv().create_or_update_secret(path=path, secret=data, mount_point=self.mount),
+            lambda: self._kv().create_or_update_secret(path=path, secret=packed, mount_point=self.mount),
             delay_for=_vault_delay,
             what=f"writing Vault {self.mount}/{path}",
         )
@@ -351,7 +357,7 @@ class KeyStore:
             )
         except hvac.exceptions.InvalidPath:
             return None
-        return response["data"]["data"]
+        return unpack_note(response["data"]["data"])
 
     def list_notes(self, relative: str) -> list[str]:
         import hvac.exceptions
@@ -361,3 +367,38 @@ class KeyStore:
         except hvac.exceptions.InvalidPath:
             return []
         return list(response["data"]["keys"])
+
+
+def _strings(value: Any) -> int:
+    """How many JSON strings ``value`` is written as (object keys count, as Vault's request limits count them)."""
+    if isinstance(value, dict):
+        return sum(1 + _strings(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_strings(item) for item in value)
+    return 1 if isinstance(value, str) else 0
+
+
+def pack_note(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as written to Vault: unchanged when small; else its largest fields as JSON text, largest first,
+    until it fits ``NOTE_STRING_BUDGET``."""
+    if _strings(data) <= NOTE_STRING_BUDGET:
+        return data
+    packed, names = dict(data), []
+    for name in sorted((n for n, v in data.items() if isinstance(v, dict | list)), key=lambda n: -_strings(data[n])):
+        packed[name] = json.dumps(data[name], sort_keys=True)
+        names.append(name)
+        if _strings(packed) + len(names) + 1 <= NOTE_STRING_BUDGET:
+            break
+    packed[PACKED_FIELDS] = names
+    return packed
+
+
+def unpack_note(data: dict[str, Any]) -> dict[str, Any]:
+    """A note as ``pack_note`` was given it."""
+    names = data.get(PACKED_FIELDS)
+    if not names:
+        return data
+    unpacked = {name: value for name, value in data.items() if name != PACKED_FIELDS}
+    for name in names:
+        unpacked[name] = json.loads(data[name])
+    return unpacked

@@ -86,3 +86,36 @@ def test_a_missing_connection_is_named(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_VAULT_OTHER", raising=False)
     with pytest.raises(InvalidRequestError, match="connection 'vault_other' is not defined"):
         KeyStore("x", conn_id="vault_other").load()
+
+
+def an_audit_entry(consumers: int) -> dict:
+    """An audit entry as finalize writes it, for a key with this many consumers."""
+    status = {"state": "verified", "fingerprint": "3f2a9c1e", "verified_at": "2026-12-01T03:25:02Z", "detail": "ok"}
+    return {
+        "event": "kosli-key-rotated",
+        "triggered_by": "admin",
+        "reason": "offboarding",
+        "consumers": {f"consumer-{i:04d}": dict(status) for i in range(consumers)},
+        "history": [f"2026-12-01T03:2{i % 10}:00Z step {i}" for i in range(50)],
+    }
+
+
+def test_an_audit_entry_for_hundreds_of_consumers_is_written_and_read_back_whole(store, kv, vault_mount):
+    import hvac.exceptions
+
+    entry = an_audit_entry(300)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="high complexity"):  # OpenBao's JSON limits are real
+        kv.create_or_update_secret(path="kosli/acme/ci-bot/audit/raw", secret=entry, mount_point=vault_mount)
+
+    store.write_note("audit/big", entry)
+
+    assert store.read_note("audit/big") == entry
+    raw = kv.read_secret_version(path="kosli/acme/ci-bot/audit/big", mount_point=vault_mount)["data"]["data"]
+    assert raw["triggered_by"] == "admin" and raw["reason"] == "offboarding", "who and why stay readable in Vault"
+
+
+def test_a_small_note_is_written_as_it_is(store, kv, vault_mount):
+    entry = an_audit_entry(3)
+    store.write_note("audit/small", entry)
+    raw = kv.read_secret_version(path="kosli/acme/ci-bot/audit/small", mount_point=vault_mount)["data"]["data"]
+    assert raw == entry == store.read_note("audit/small")
