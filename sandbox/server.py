@@ -610,6 +610,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     """Translates HTTP/1.1 keep-alive traffic to :meth:`SandboxServer.process` calls."""
 
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out in two writes; with Nagle's algorithm on, the body waits for the client's delayed
+    #: ACK of the headers: about 20-40 ms per request that no real service adds (and that latency settings skew).
+    disable_nagle_algorithm = True
     sandbox: SandboxServer  # set on the per-server subclass created by start()
     server: _HTTPServer
 
