@@ -36,6 +36,10 @@ test: lint chromium
 demo: venv
 	$(BIN)/python -m demo
 
+# Benchmarks against the sandboxes (about 15 minutes); writes bench/results.md.
+bench: venv
+	$(BIN)/python -m bench
+
 # Re-pin the whole dependency tree after changing requirements*.txt.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

@@ -69,9 +69,35 @@ class AirflowApi:
         path = f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances"
         return self._call("GET", path, params={"limit": 100})["task_instances"]
 
+    def task_log(self, dag_id: str, run_id: str, task: dict[str, Any]) -> list[str]:
+        """The lines of a task instance's log for its latest try (``task``: an entry of ``task_instances``)."""
+        path = (
+            f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task['task_id'])}"
+            f"/logs/{max(1, int(task.get('try_number') or 1))}"
+        )
+        content = self._call("GET", path, params={"map_index": task.get("map_index", -1)})["content"]
+        if isinstance(content, str):
+            return content.splitlines()
+        return [_log_line(line) for line in content]
+
     def run_page(self, dag_id: str, run_id: str) -> str:
         """Where the UI shows this run's grid and logs."""
         return f"{self.url}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+
+
+def _log_line(line: Any) -> str:
+    """One structured log entry as text: the event, then the exception's type and message when there is one."""
+    if not isinstance(line, dict):
+        return str(line)
+    text = str(line.get("event", ""))
+    for error in line.get("error_detail") or []:
+        if isinstance(error, dict):
+            text += f"\n{error.get('exc_type', '')}: {error.get('exc_value', '')}"
+            frames = error.get("frames") or []
+            if frames:
+                last = frames[-1]
+                text += f" (at {last.get('filename')}:{last.get('lineno')} in {last.get('name')})"
+    return text
 
 
 def _describe(response: requests.Response) -> str:

@@ -84,10 +84,13 @@ class Kosli:
         return json.dumps({"conn_type": "http", "host": self.url, "password": self.seeded.admin_key})
 
 
-def start_kosli(supervisor: Supervisor, state_dir: Path, timeout: float) -> Kosli:
-    """The Kosli sandbox on a port it picks, seeded; the minted keys are read from its ready file."""
+def start_kosli(
+    supervisor: Supervisor, state_dir: Path, timeout: float, accounts: dict[str, str] | None = None
+) -> Kosli:
+    """The Kosli sandbox on a port it picks, seeded (``accounts``: service account -> key label, the demo's by
+    default); the minted keys are read from its ready file."""
     seed, ready, log = state_dir / "kosli-seed.json", state_dir / "kosli-ready.json", state_dir / "kosli.log"
-    seed.write_text(json.dumps(seed_document(), indent=2))
+    seed.write_text(json.dumps(seed_document(accounts), indent=2))
     command = [sys.executable, "-m", "sandbox", "kosli", "--port", "0", "--hour-seconds", str(HOUR_SECONDS)]
     command += ["--seed", str(seed), "--ready-file", str(ready)]
     # Its stdout repeats the ready line, keys included: keep it out of the log.

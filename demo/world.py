@@ -95,12 +95,18 @@ class SeededKeys:
     secrets: dict[str, str] = field(default_factory=dict)  # service account -> its one key
 
 
-def seed_document() -> dict[str, Any]:
-    """The sandbox seed: an admin account that may manage keys, and one key per account to rotate."""
-    accounts: dict[str, Any] = {ADMIN_ACCOUNT: {"privilege": "admin", "keys": [{"description": "key admin"}]}}
-    for key in KEYS:
-        accounts[key.service_account] = {"privilege": "member", "keys": [{"description": key.label}]}
-    return {"orgs": {ORG: {"service_accounts": accounts}}}
+def demo_accounts() -> dict[str, str]:
+    """The service accounts whose keys the demo rotates, with their key's label."""
+    return {key.service_account: key.label for key in KEYS}
+
+
+def seed_document(accounts: dict[str, str] | None = None) -> dict[str, Any]:
+    """The sandbox seed: an admin account that may manage keys, and one key per account to rotate (``accounts``:
+    service account -> key label; the demo's by default)."""
+    seeded: dict[str, Any] = {ADMIN_ACCOUNT: {"privilege": "admin", "keys": [{"description": "key admin"}]}}
+    for account, label in (accounts or demo_accounts()).items():
+        seeded[account] = {"privilege": "member", "keys": [{"description": label}]}
+    return {"orgs": {ORG: {"service_accounts": seeded}}}
 
 
 def parse_ready_line(text: str) -> SeededKeys:
@@ -110,7 +116,7 @@ def parse_ready_line(text: str) -> SeededKeys:
     return SeededKeys(
         url=ready["url"],
         admin_key=minted[ADMIN_ACCOUNT][0]["key"],
-        secrets={key.service_account: minted[key.service_account][0]["key"] for key in KEYS},
+        secrets={account: keys[0]["key"] for account, keys in minted.items() if account != ADMIN_ACCOUNT},
     )
 
 

@@ -1,0 +1,355 @@
+"""Benchmarks 3, 4 and 6: rotations through a real ``airflow standalone`` (LocalExecutor), as ``make demo`` runs it.
+
+One deployment serves all three: OpenBao, the Kosli sandbox (one Kosli hour lasts ``HOUR_SECONDS``), the consumer
+sandboxes with 50 ms latency and ``airflow standalone``, all started with the demo's own building blocks. Runs are
+triggered and read through the Airflow REST API; the Vault record and audit entries say when the new key was stored.
+
+- 3. Exposure window (strategy ``replace``): from the new key stored in Vault until Kosli revoked the old key (from
+  then on it gets 401; ``confirm_old_key_dead`` proves it), for 10 and 200 consumers, split into time inside tasks
+  and time between them (scheduling, queueing, process start-up).
+- 4. Grace wait cost: worker slots and processes while ``wait_grace`` waits out a grace period, against idle Airflow.
+- 6. End-to-end time of one rotation with 10 consumers, per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from bench.report import Sample, Section
+
+LATENCY = 0.05
+EXPOSURE_SIZES, QUICK_EXPOSURE_SIZES = {10: 3, 200: 2}, {2: 1}
+GRACE_HOURS = 1  # one Kosli hour of the sandbox: HOUR_SECONDS
+STEPS = (
+    "preflight",
+    "rotate_and_store",
+    "verify_new_key",
+    "consumers.fan_out",
+    "consumers.verify_consumers",
+    "all_consumers_verified",
+    "wait_grace",
+    "revoke_old",
+    "confirm_old_key_dead",
+    "finalize",
+)
+
+
+@dataclass
+class Deployment:
+    api: Any  # demo.airflow_api.AirflowApi
+    airflow: Any  # demo.services.Airflow
+    vault: Any  # demo.services.Vault
+    fleet: Any
+
+    def record(self, vault_path: str) -> dict[str, Any]:
+        from demo.world import VAULT_MOUNT
+
+        kv = self.vault.client().secrets.kv.v2
+        return kv.read_secret_version(path=vault_path, mount_point=VAULT_MOUNT, raise_on_deleted_version=True)["data"][
+            "data"
+        ]
+
+
+def _parse(stamp: str | None) -> float | None:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+@contextlib.contextmanager
+def deployment(keys: dict[str, tuple[int, str]]) -> Iterator[Deployment]:
+    """Start everything; ``keys``: key name -> (number of consumers, scheduled strategy)."""
+    from bench.fan_out import _kinds, _seed
+    from demo.airflow_api import AirflowApi
+    from demo.processes import Supervisor, free_ports, wait_for
+    from demo.services import (
+        ADMIN_USER,
+        AirflowPorts,
+        start_airflow,
+        start_consumer_sandboxes,
+        start_kosli,
+        start_vault,
+    )
+    from demo.world import ORG, VAULT_MOUNT
+
+    supervisor, fleet = Supervisor(), None
+    with tempfile.TemporaryDirectory(prefix="bench-airflow-") as scratch:
+        state = Path(scratch)
+        try:
+            vault = start_vault(supervisor, state, free_ports(1)[0], 30)
+            kosli = start_kosli(supervisor, state, 30, accounts={name: "bench" for name in keys})
+            fleet = start_consumer_sandboxes(vault, kosli)
+            for sandbox in (fleet.github, fleet.gitlab, fleet.kubernetes, fleet.circleci):
+                sandbox.apply_settings({"latency": LATENCY})
+            entries, offset = [], 0
+            for name, (count, strategy) in keys.items():
+                secret = kosli.seeded.secrets[name]
+                vault.client().secrets.kv.v2.create_or_update_secret(
+                    path=f"kosli/{ORG}/{name}", secret={"key": secret}, mount_point=VAULT_MOUNT
+                )
+                consumers = [_seed(fleet, kind, offset + i, secret) for i, kind in enumerate(_kinds(count))]
+                offset += count
+                entries.append(
+                    {
+                        "name": name,
+                        "org": ORG,
+                        "service_account": name,
+                        "key_label": "bench",
+                        "vault_path": f"kosli/{ORG}/{name}",
+                        "strategy": strategy,
+                        "grace_hours": GRACE_HOURS,
+                        "retries": 1,
+                        "retry_delay_seconds": 5,
+                        "consumers": consumers,
+                    }
+                )
+            inventory = state / "inventory.yaml"
+            inventory.write_text(yaml.safe_dump({"keys": entries}, sort_keys=False))
+            ports = AirflowPorts(*free_ports(4))
+            airflow = start_airflow(
+                supervisor,
+                state,
+                ports,
+                inventory=inventory,
+                vault=vault,
+                kosli=kosli,
+                connections=fleet.airflow_env(),
+            )
+            api = AirflowApi(airflow.url, ADMIN_USER, airflow.password)
+            wait_for("the Airflow API", lambda: api.healthy() or None, timeout=300, watch=[airflow.process], interval=1)
+            api.log_in()
+            wanted = {f"rotate_kosli_key_{name}" for name in keys}
+            wait_for("the DAGs", lambda: wanted <= api.dag_ids() or None, timeout=300, watch=[airflow.process])
+            for dag_id in wanted:
+                api.unpause(dag_id)
+            yield Deployment(api, airflow, vault, fleet)
+        finally:
+            supervisor.stop_all()
+            if fleet is not None:
+                fleet.stop()
+
+
+def _finish(deploy: Deployment, dag_id: str, run_id: str, timeout: float = 900) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = deploy.api.dag_run(dag_id, run_id)
+        if run["state"] in ("success", "failed"):
+            if run["state"] != "success":
+                raise RuntimeError(f"{dag_id} run {run_id} ended {run['state']}{_failures(deploy, dag_id, run_id)}")
+            return run
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{dag_id} run {run_id} did not finish in {timeout:.0f} s")
+        time.sleep(1)
+
+
+def _failures(deploy: Deployment, dag_id: str, run_id: str) -> str:
+    """The failed task instances and the end of their logs: a benchmark that fails must say why."""
+    report = []
+    for task in deploy.api.task_instances(dag_id, run_id):
+        if task["state"] == "failed":
+            label = task["task_id"] + (f"[{task['map_index']}]" if task.get("map_index", -1) >= 0 else "")
+            lines = deploy.api.task_log(dag_id, run_id, task)
+            report.append(f"\n--- {label} failed; its log ends:\n" + "\n".join(lines[-15:]))
+    return "".join(report)
+
+
+def _wait_for_scheduled_runs(deploy: Deployment, dag_id: str) -> None:
+    """Unpausing starts the latest daily due check (it skips: the key is not due); let it end first."""
+    deadline = time.monotonic() + 300
+    while any(run["state"] not in ("success", "failed") for run in deploy.api.dag_runs(dag_id)):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the scheduled run of {dag_id} did not finish")
+        time.sleep(1)
+
+
+def _rotate(deploy: Deployment, name: str, conf: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    dag_id = f"rotate_kosli_key_{name}"
+    _wait_for_scheduled_runs(deploy, dag_id)
+    run_id = deploy.api.trigger(dag_id, {"reason": "benchmark", "force": True, **conf})
+    _finish(deploy, dag_id, run_id)
+    return run_id, deploy.api.task_instances(dag_id, run_id)
+
+
+def _spans(instances: list[dict[str, Any]], first: float, last: float) -> float:
+    """Seconds of [first, last] covered by at least one task instance running."""
+    intervals = sorted(
+        (max(first, _parse(ti["start_date"])), min(last, _parse(ti["end_date"])))
+        for ti in instances
+        if ti.get("start_date") and ti.get("end_date")
+    )
+    covered, reach = 0.0, first
+    for start, end in intervals:
+        if end <= reach:
+            continue
+        covered += end - max(start, reach)
+        reach = end
+    return covered
+
+
+def exposure_section(deploy: Deployment, sizes: dict[int, int], per_task: dict[str, list[float]]) -> Section:
+    section = Section(
+        "3. Exposure window with `replace`: new key stored -> old key revoked (401)",
+        ["consumers", "exposure window", "inside tasks", "between tasks (Airflow)", "until 401 confirmed"],
+        settings={
+            "executor": "LocalExecutor (airflow standalone)",
+            "sandbox latency": f"{LATENCY * 1000:.0f} ms",
+            "repeats": ", ".join(f"{r} at N={n}" for n, r in sizes.items()),
+        },
+    )
+    for n, repeats in sizes.items():
+        windows, inside, between, confirmed = [], [], [], []
+        for _ in range(repeats):
+            _, instances = _rotate(deploy, f"exposure-{n}", {"strategy": "replace"})
+            record = deploy.record(f"kosli/acme/exposure-{n}")
+            stored = record["rotated_at"]
+            by_task: dict[str, list[dict[str, Any]]] = {}
+            for ti in instances:
+                by_task.setdefault(ti["task_id"], []).append(ti)
+            revoked = max(_parse(ti["end_date"]) for ti in by_task["revoke_old"])
+            dead = max(_parse(ti["end_date"]) for ti in by_task["confirm_old_key_dead"])
+            window = revoked - stored
+            in_tasks = _spans([ti for ti in instances if ti["task_id"] != "any_step_failed"], stored, revoked)
+            windows.append(window)
+            inside.append(in_tasks)
+            between.append(window - in_tasks)
+            confirmed.append(dead - stored)
+            if n == min(sizes):
+                for task_id, tis in by_task.items():
+                    starts = [_parse(ti["start_date"]) for ti in tis if ti.get("start_date")]
+                    ends = [_parse(ti["end_date"]) for ti in tis if ti.get("end_date")]
+                    if starts and ends:
+                        per_task.setdefault(task_id, []).append(max(ends) - min(starts))
+                run_start = min(_parse(ti["start_date"]) for ti in instances if ti.get("start_date"))
+                run_end = max(_parse(ti["end_date"]) for ti in instances if ti.get("end_date"))
+                per_task.setdefault("(whole run)", []).append(run_end - run_start)
+        window_sample = Sample.of(windows)
+        section.add_row(
+            n,
+            window_sample.show(),
+            Sample.of(inside).show(),
+            Sample.of(between).show(),
+            Sample.of(confirmed).show(),
+        )
+        section.headlines[f"exposure_window_{n}"] = f"{window_sample.median:.0f} s"
+    section.notes.append(
+        "Inside tasks: the part of the window during which at least one task of the run was executing (its external "
+        "calls, plus each task process's start-up: a fresh Python process that parses the DAG file, about half a "
+        "second here). Between tasks: the scheduler noticing a finished task, queueing the next and the executor "
+        "starting it. The window is mostly the two consumer steps, fan-out and verify (the per-task split below), "
+        "and those are mostly GitHub's pacing (benchmark 1a): with 10 consumers, 3 of them GitHub secrets, each step "
+        "takes about 3.5 s; with 200, the 20 batches of each step run 8 at a time and the 6 GitHub batches take "
+        "about 10 s each. Scheduling adds about 3 s whatever the size."
+    )
+    return section
+
+
+def per_task_section(per_task: dict[str, list[float]], n: int) -> Section:
+    section = Section(
+        f"6. One rotation end to end under `airflow standalone`, {n} consumers, per task",
+        ["task", "wall time (first start to last end)"],
+        settings={"strategy": "replace", "runs": str(len(per_task.get("(whole run)", [])))},
+    )
+    order = [step for step in STEPS if step in per_task] + ["(whole run)"]
+    for task_id in order:
+        section.add_row(f"`{task_id}`", Sample.of(per_task[task_id]).show())
+    whole = Sample.of(per_task["(whole run)"])
+    section.headlines["end_to_end_10"] = f"{whole.median:.0f} s"
+    section.notes.append(
+        "Mapped consumer tasks count from the first batch's start to the last batch's end. `wait_grace` returns at "
+        "once with `replace` (there is no grace to wait for). The sum of the steps is below the whole run: the rest "
+        "is Airflow moving from one task to the next (see benchmark 3)."
+    )
+    return section
+
+
+def _airflow_processes(deploy: Deployment) -> list[psutil.Process]:
+    root = psutil.Process(deploy.airflow.process.popen.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _footprint(deploy: Deployment) -> tuple[int, float]:
+    processes = _airflow_processes(deploy)
+    rss = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            rss += process.memory_info().rss
+    return len(processes), rss / 2**20
+
+
+def _running_task_instances(deploy: Deployment, dag_id: str, run_id: str) -> tuple[int, str]:
+    instances = deploy.api.task_instances(dag_id, run_id)
+    running = sum(ti["state"] == "running" for ti in instances)
+    sensor = next(ti["state"] for ti in instances if ti["task_id"] == "wait_grace")
+    return running, sensor
+
+
+def grace_section(deploy: Deployment) -> Section:
+    from demo.services import HOUR_SECONDS
+
+    dag_id = "rotate_kosli_key_grace"
+    _wait_for_scheduled_runs(deploy, dag_id)
+    time.sleep(5)
+    idle = [_footprint(deploy) for _ in range(3)]
+    run_id = deploy.api.trigger(dag_id, {"reason": "benchmark", "strategy": "rotate", "grace_hours": GRACE_HOURS})
+    deadline = time.monotonic() + 300
+    while _running_task_instances(deploy, dag_id, run_id)[1] != "deferred":
+        if time.monotonic() > deadline:
+            raise RuntimeError("wait_grace never deferred")
+        time.sleep(0.5)
+    time.sleep(2)  # let the task process that deferred exit
+    samples = []
+    for _ in range(4):
+        running, sensor = _running_task_instances(deploy, dag_id, run_id)
+        if sensor == "deferred":
+            samples.append((running, *_footprint(deploy)))
+        time.sleep(2)
+    # Measured last: the run is left waiting when the deployment stops (its end is not what this measures).
+    section = Section(
+        "4. What waiting out a grace period costs",
+        ["", "task instances running", "Airflow processes", "their memory (RSS)"],
+        settings={"grace": f"{GRACE_HOURS} Kosli hour = {HOUR_SECONDS} s in the sandbox", "samples": str(len(samples))},
+    )
+    section.add_row(
+        "idle Airflow",
+        "0",
+        Sample.of([count for count, _ in idle]).show("", 0),
+        Sample.of([rss for _, rss in idle]).show("MiB", 0),
+    )
+    if samples:
+        section.add_row(
+            "a rotation waiting (`wait_grace` deferred)",
+            Sample.of([s[0] for s in samples]).show("", 0),
+            Sample.of([s[1] for s in samples]).show("", 0),
+            Sample.of([s[2] for s in samples]).show("MiB", 0),
+        )
+        section.headlines["grace_running_task_instances"] = str(max(s[0] for s in samples))
+        extra = statistics.median(s[1] for s in samples) - statistics.median(c for c, _ in idle)
+        section.headlines["grace_extra_processes"] = f"{extra:.0f}"
+    section.notes.append(
+        "While `wait_grace` is deferred, no task instance runs and no worker slot is held: the wait is a timer in the "
+        "triggerer, which runs anyway. The process count is the `airflow standalone` tree (scheduler, dag-processor, "
+        "triggerer, api-server and their helpers); a difference of a process or two comes from the dag-processor's "
+        "parsing processes coming and going, not from the wait. Memory is the sum of each process's RSS (shared pages "
+        "counted in every process), for comparison only."
+    )
+    return section
+
+
+def run(quick: bool) -> list[Section]:
+    sizes = QUICK_EXPOSURE_SIZES if quick else EXPOSURE_SIZES
+    keys = {f"exposure-{n}": (n, "replace") for n in sizes}
+    keys["grace"] = (2, "rotate")
+    per_task: dict[str, list[float]] = {}
+    with deployment(keys) as deploy:
+        exposure = exposure_section(deploy, sizes, per_task)
+        grace = grace_section(deploy)
+    return [exposure, grace, per_task_section(per_task, min(sizes))]
