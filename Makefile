@@ -36,7 +36,7 @@ test: lint chromium
 demo: venv
 	$(BIN)/python -m demo
 
-# Benchmarks against the sandboxes (about 15 minutes); writes bench/results.md.
+# Benchmarks against the sandboxes (about 13 minutes on 2 cores); writes bench/results.md.
 bench: venv
 	$(BIN)/python -m bench
 

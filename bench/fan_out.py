@@ -114,8 +114,7 @@ def world(n: int, old_key: str) -> Iterator[World]:
             fleet = ConsumerFleet(kosli_url="http://127.0.0.1:9", org=ORG, kubernetes_namespaces=("apps",)).start()
             try:
                 entries = [_seed(fleet, kind, i, old_key) for i, kind in enumerate(_kinds(n))]
-                connections = {f"AIRFLOW_CONN_{conn_id.upper()}": _json(c) for conn_id, c in fleet.connections.items()}
-                connections["AIRFLOW_CONN_VAULT_DEFAULT"] = bao.airflow_connection(mount)
+                connections = {**fleet.airflow_env(), "AIRFLOW_CONN_VAULT_DEFAULT": bao.airflow_connection(mount)}
                 with _environment(connections):
                     bench_world = World(fleet, bao, mount, entries)
                     for sandbox in bench_world.sandboxes.values():
@@ -125,12 +124,6 @@ def world(n: int, old_key: str) -> Iterator[World]:
                 fleet.stop()
         finally:
             bao.stop()
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def _seed(fleet: Any, kind: str, i: int, value: str) -> dict[str, Any]:
