@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: venv test lint format demo lock clean chromium bench
+.PHONY: venv test lint format demo lock clean system-packages bench machine-soak
 
 venv: $(STAMP)
 
@@ -25,16 +25,22 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The browser test drives Debian's Chromium headless; a fresh Debian machine (CI) gets it from apt.
-chromium:
-	@test -x /usr/bin/chromium || { export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+# Debian packages the tests drive: Chromium, headless, for the page's browser test, and libfaketime for a worker
+# whose clock runs ahead (tests/e2e/test_guarantees_under_attack.py). A fresh Debian machine (CI) gets them from apt.
+LIBFAKETIME := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+system-packages:
+	@test -x /usr/bin/chromium -a -e $(LIBFAKETIME) || { export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium faketime >/dev/null; }
 
-test: lint chromium
+test: lint system-packages
 	$(BIN)/pytest
 
 demo: venv
 	$(BIN)/python -m demo
+
+# The rotation state machine (tests/kosli_rotation/test_rotation_machine.py) with 1000 examples instead of make test's few.
+machine-soak: venv
+	KOSLI_MACHINE_EXAMPLES=1000 $(BIN)/pytest tests/kosli_rotation/test_rotation_machine.py
 
 # Benchmarks against the sandboxes (about 13 minutes on 2 cores); writes bench/results.md.
 bench: venv

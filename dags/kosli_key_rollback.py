@@ -14,6 +14,8 @@ the new key**, makes sure it is **dead** (HTTP 401) while the old key still work
   and when the new key shares the old key's id, revoking it would kill the old one too. For a bad new
   key, trigger the rotation DAG with strategy `replace` instead.
 * It holds the key's rotation lock in Vault: a rollback and a rotation of the same key never interleave.
+* The new key is revoked only on live evidence: the old key answers HTTP 200, and every consumer was
+  proven by this run to hold it again (readable ones are read back once more right before revoking).
 * Every step can be retried or cleared safely; a later run resumes an unfinished rollback.
 * After a rollback the key is as old as it was: if it is past due, the next scheduled rotation rotates
   it again (pause the rotation DAG while you fix what made you roll back).
@@ -23,7 +25,7 @@ No task returns or logs a key: only Vault paths, key ids and fingerprints (`sha2
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TriggerRule, chain
+from airflow.sdk import DAG, Param, chain
 
 from kosli_rotation.inventory import InventoryError, KeyEntry, load_inventory
 from kosli_rotation.rollback import Rollback, on_rollback_step_failure, rollback_dag_id
@@ -31,6 +33,7 @@ from kosli_rotation.taskflow import (
     FIRST_DAY,
     fail_the_run_if_any_step_failed,
     for_each_consumer_batch,
+    gate,
     retry_with_backoff,
     step,
 )
@@ -52,6 +55,7 @@ def rollback_form(entry: KeyEntry) -> dict[str, Param]:
         "strategy": Param("replace", const="replace"),
         "grace_hours": Param(entry.grace_hours, const=entry.grace_hours),
         "force": Param(False, const=False),
+        "revoke_despite_recent_use": Param(False, const=False),
     }
 
 
@@ -88,7 +92,8 @@ for entry in entries:
             step(rollback.check_rollback_possible),
             step(rollback.restore_old_key_in_vault),
             *for_each_consumer_batch(rollback.fan_out_old_key, rollback.verify_consumers),
-            step(rollback.revoke_new_key, trigger_rule=TriggerRule.NONE_SKIPPED),
+            gate(rollback.all_consumers_verified),
+            step(rollback.revoke_new_key),
             step(rollback.confirm_new_key_dead),
             step(rollback.finalize_rollback),
         )

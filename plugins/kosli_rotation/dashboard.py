@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from kosli_rotation.consumers import build_consumer
 from kosli_rotation.inventory import BrokenEntry, KeyEntry, load_inventory
 from kosli_rotation.key_store import KeyStore
 
@@ -41,6 +42,9 @@ RunReader = Callable[[str], LatestRun | None]
 class ConsumerState:
     name: str
     kind: str
+    #: How the rotation proves it holds the key (``Consumer.proof``): "read back", "write-confirmed + canary"
+    #: or "write-confirmed only" (write-only, no canary: nothing proves the value itself).
+    proof: str = ""
     verified_at: str | None = None
     written_at: str | None = None
 
@@ -58,7 +62,8 @@ class KeyRow:
     max_age_days: int | None = None
     phase: str | None = None
     key_id: str | None = None
-    fingerprint: str | None = None
+    fingerprint: str | None = None  # display only
+    digest: str | None = None  # the full digest, if the metadata summary carries one
     rotated_at: float | None = None
     grace_ends_at: float | None = None
     failed_step: str | None = None
@@ -103,7 +108,7 @@ def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
         service_account=entry.service_account,
         strategy=entry.strategy,
         max_age_days=entry.max_age_days,
-        consumers=[ConsumerState(consumer.name, consumer.kind) for consumer in entry.consumers],
+        consumers=[ConsumerState(config.name, config.kind, _proof(config)) for config in entry.consumers],
     )
     store = KeyStore(entry.vault_path, conn_id=entry.vault_conn_id, mount=entry.vault_mount)
     try:
@@ -112,12 +117,13 @@ def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
         row.last_strategy = summary.get("strategy")
         row.key_id = summary.get("key_id")
         row.fingerprint = summary.get("fingerprint")
+        row.digest = summary.get("digest")
         row.rotated_at = _epoch(summary.get("rotated_at"))
         row.grace_ends_at = _epoch(summary.get("grace_ends_at"))
         row.failed_step, row.failure, row.todo = summary.get("failed_step"), summary.get("failure"), summary.get("todo")
         for consumer in row.consumers:
             status = store.read_note(f"consumers/{consumer.name}") or {}
-            if status.get("verified_fingerprint") == row.fingerprint:
+            if _verified_with_current_key(status, row):
                 consumer.verified_at = status.get("verified_at")
             consumer.written_at = status.get("written_at")
     except Exception as error:  # one unreadable record must not hide the other keys
@@ -127,6 +133,25 @@ def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
     except Exception as error:
         row.problems.append(f"Airflow API: {type(error).__name__}: {error}")
     return row
+
+
+def _proof(config: Any) -> str:
+    try:
+        return build_consumer(config).proof
+    except Exception:  # a consumer kind that cannot say must not break the page
+        return "unknown"
+
+
+def _verified_with_current_key(status: dict[str, Any], row: KeyRow) -> bool:
+    """Whether the consumer's status note says it was verified with the key the record names now.
+
+    Display only: the rotation's own gate compares full digests. The record's metadata summary carries only the
+    short fingerprint of the key (it never reads the key itself), so unless it also carries a ``digest`` this can
+    only compare 48-bit fingerprints, which is enough to show a state, not to prove one.
+    """
+    if row.digest and status.get("verified_digest"):
+        return bool(status["verified_digest"] == row.digest)
+    return row.fingerprint is not None and status.get("verified_fingerprint") == row.fingerprint
 
 
 def broken_row(broken: BrokenEntry) -> KeyRow:
@@ -223,6 +248,14 @@ def _run_cell(row: KeyRow) -> str:
     return cell
 
 
+def _proof_marker(proof: str) -> str:
+    """How the consumer is proven, said plainly; the weakest proof ("write-confirmed only") stands out."""
+    if not proof:
+        return ""
+    weak = " weak" if proof != "read back" and "canary" not in proof else ""
+    return f' <small class="proof{weak}" data-proof="{escape(proof)}">[{escape(proof)}]</small>'
+
+
 def _consumers_cell(row: KeyRow) -> str:
     items = []
     for consumer in row.consumers:
@@ -230,7 +263,7 @@ def _consumers_cell(row: KeyRow) -> str:
         when = f"verified {_when(verified)}" if verified else "not verified with this key"
         mark = "ok" if consumer.verified_at else "pending"
         label = f"{escape(consumer.name)} <small>({escape(consumer.kind)})</small>"
-        items.append(f'<li class="{mark}">{label}: {when}</li>')
+        items.append(f'<li class="{mark}">{label}: {when}{_proof_marker(consumer.proof)}</li>')
     return f"<ul>{''.join(items)}</ul>" if items else "none"
 
 
@@ -275,10 +308,13 @@ th, td {{ border-bottom: 1px solid #d1d9e0; padding: .45rem .6rem; text-align: l
 th {{ background: #f6f8fa; }} ul {{ margin: 0; padding-left: 1rem; }} li.pending {{ color: #9a6700; }}
 .state {{ color: white; border-radius: 1rem; padding: .1rem .6rem; font-weight: 600; white-space: nowrap; }}
 .problem {{ color: #cf222e; }} small {{ color: #59636e; }} a {{ color: #0969da; }}
+small.weak {{ color: #9a6700; font-weight: 600; }}
 </style></head><body>
 <h1>Key rotation</h1>
 <p class="lead">Every Kosli key in the inventory: where its rotation stands and which consumers are verified with the
-current key. Read from Vault metadata and the Airflow API at {now}; no key is ever shown.</p>
+current key, and how (read back: the value itself was compared; write-confirmed + canary: the store confirmed the write
+and a canary job succeeded with it; write-confirmed only: the store confirmed the write, nothing proves the value).
+Read from Vault metadata and the Airflow API at {now}; no key is ever shown.</p>
 <table><thead><tr><th>key</th><th>org</th><th>service account</th><th>key id</th><th>key age</th><th>next due</th>
 <th>strategy</th><th>state</th><th>grace left</th><th>consumers</th></tr></thead>
 <tbody>{rows}</tbody></table></body></html>

@@ -46,6 +46,12 @@ class ConcurrentWriteError(KeyStoreError):
     """Another writer changed the Vault record between our read and our check-and-set write."""
 
 
+class FenceLost(KeyStoreError):
+    """The record no longer belongs to this attempt: another run took the operation over. Never retried."""
+
+    retryable = False
+
+
 class ConsumerError(RotationError):
     """A consumer could not be written or verified."""
 
@@ -65,7 +71,17 @@ class OldKeyStillInUse(VerificationError):
     retryable = False
 
 
+class EvidenceMissing(VerificationError):
+    """Before a revocation, the live evidence that nothing listed still needs the outgoing key is incomplete."""
+
+    retryable = False
+
+
 class RotationInProgress(RotationError):
     """Another run, possibly of another Airflow deployment, holds this key's rotation lock."""
 
     retryable = False
+
+
+class RunNotNeeded(Exception):
+    """This run has nothing to do (key not due, dry run, already done). Downstream steps skip."""

@@ -33,6 +33,9 @@ from kosli_rotation.notifications import NotifyTarget
 ENV_VAR = "KOSLI_ROTATION_INVENTORY"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "inventory.yaml"
 ENTRY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+#: What a lock must outlive beyond the Vault retry of a just-minted key: the Kosli call before it (its timeout and
+#: retries) and a margin.
+LOCK_MARGIN_SECONDS = 120
 
 
 class InventoryError(Exception):
@@ -68,6 +71,13 @@ class KeyEntry(BaseModel):
     vault_retry_seconds: int = Field(
         default=600, ge=5, le=3600, description="How long a just-minted key's Vault write is retried."
     )
+    usage_observation_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description="'replace': how long the old key id's use is watched after every consumer holds the new key, "
+        "before it is revoked (any use in that window refuses the revocation).",
+    )
     notify: list[NotifyTarget] = Field(default_factory=list, description="Where failure notices go.")
     fan_out_batch_size: int = Field(
         default=10, ge=1, le=500, description="Consumers of one kind and connection handled by one task."
@@ -84,6 +94,19 @@ class KeyEntry(BaseModel):
         if not croniter.is_valid(schedule):
             raise ValueError(f"{schedule!r} is not a cron expression")
         return schedule
+
+    @model_validator(mode="after")
+    def _lock_outlives_a_vault_retry(self) -> KeyEntry:
+        """A lock that can expire while a just-minted key's Vault write is still retrying invites another run to
+        take over mid-write: the lock must outlive the retry and the Kosli call before it."""
+        needed = self.vault_retry_seconds + LOCK_MARGIN_SECONDS
+        if self.lock_ttl_seconds <= needed:
+            raise ValueError(
+                f"lock_ttl_seconds ({self.lock_ttl_seconds}) must be more than vault_retry_seconds "
+                f"({self.vault_retry_seconds}) + {LOCK_MARGIN_SECONDS} s for the Kosli call: raise lock_ttl_seconds "
+                "or lower vault_retry_seconds"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_consumer_names(self) -> KeyEntry:

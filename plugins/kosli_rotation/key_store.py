@@ -1,31 +1,33 @@
-"""The Vault KV v2 record that holds one Kosli key, its rotation state, and the audit trail.
+"""Reads and writes the Vault KV v2 record of one Kosli key (see ``record.py``), and the notes beside it.
 
-The record's *data* is the source of truth (the key, the previous key while a rotation is in
-flight, and the rotation state). Every write is a check-and-set on the version we read, so two
-writers can never both win. A non-secret summary is mirrored into the record's
-``custom_metadata`` for dashboards and humans who may read metadata but not the key.
+Every write is a check-and-set on the version we read, so two writers can never both win; a write after the
+mint is also *fenced* (``update_fenced``): it applies only while the record still belongs to the attempt that
+makes it. A non-secret summary is mirrored into the record's ``custom_metadata`` for dashboards and humans who
+may read metadata but not the key. Time that decides who owns a record is Vault's (``vault_now``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, ValidationError
 
-from kosli_rotation.errors import ConcurrentWriteError, InvalidRequestError, KeyStoreError
-from kosli_rotation.fingerprints import fingerprint, hold_secret
+from kosli_rotation.errors import ConcurrentWriteError, FenceLost, InvalidRequestError, KeyStoreError
+from kosli_rotation.fingerprints import hold_secret
+from kosli_rotation.record import MANAGED_BY, KeyRecord, Phase, iso
 from kosli_rotation.retrying import backoff_delay, call_with_retries
 
 if TYPE_CHECKING:
     import hvac
 
-MANAGED_BY = "kosli-key-rotation"
+__all__ = ["MANAGED_BY", "KeyRecord", "KeyStore", "Phase", "Snapshot", "VaultPath"]
+
+log = logging.getLogger(__name__)
 #: OpenBao refuses a request whose JSON holds more than 1000 strings, keys included ("refused JSON input due to high
 #: complexity"). A note above this budget (an audit entry listing hundreds of consumers) keeps its top-level scalars
 #: as they are and carries its largest fields as JSON text, named in ``PACKED_FIELDS``; ``read_note`` unpacks them.
@@ -46,105 +48,12 @@ def check_vault_path(path: str) -> str:
 VaultPath = Annotated[str, AfterValidator(check_vault_path)]
 
 
-class Phase(StrEnum):
-    """Where a key is in its rotation. Each step moves it forward and checks it first."""
-
-    IDLE = "idle"  # one key, in use; no rotation in flight
-    ROTATING = "rotating"  # intent written; the Kosli call may or may not have happened
-    STORED = "stored"  # the new key is in Vault; the old one is kept as previous_key
-    OLD_KEY_REVOKED = "old_key_revoked"  # revoked (or left to Kosli's grace expiry)
-    OLD_KEY_DEAD = "old_key_dead"  # the old key got HTTP 401
-
-
-class KeyRecord(BaseModel):
-    """Everything in the Vault record. Only ``key`` is required, so a user can seed it by hand."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    key: str
-    key_id: str | None = None
-    previous_key: str | None = None
-    previous_key_id: str | None = None
-    state: Phase = Phase.IDLE
-    run_id: str | None = None  # the run that owns the rotation in flight, or finished the last one
-    strategy: str | None = None
-    reason: str | None = None
-    triggered_by: str | None = None
-    started_at: float | None = None  # when the intent was written, before calling Kosli
-    attempt: str | None = None  # tag written into the description of keys we mint, to find orphans
-    rotated_at: float | None = None  # when the current key was stored: the key's age counts from here
-    grace_ends_at: float | None = None  # when Kosli kills the old key by itself
-    consumers_verified_at: float | None = None  # when the last consumer was proven to hold the new key
-    old_key_last_used_at: float | None = None  # Kosli's last_used_at of the old key id at that moment
-    note: str | None = None
-    last_finished_run_id: str | None = None
-    # One rotation at a time, across runs and Airflow deployments: whoever holds an unexpired lock owns
-    # the rotation in flight. A holder that dies simply stops renewing it.
-    lock_owner: str | None = None
-    lock_expires_at: float | None = None
-    # Set when a step fails for good, cleared when a run carries on: what broke and what is left to do.
-    failed_step: str | None = None
-    failure: str | None = None
-    todo: str | None = None
-    history: list[str] = []  # what happened to the rotation in flight, for the audit entry
-    steps_in_flight: dict[str, str] = {}  # step -> who runs it since when; a step found here was interrupted
-
-    def locked_by_other(self, owner: str, now: float) -> bool:
-        """A lock only means something while a rotation is in flight."""
-        if self.state == Phase.IDLE or not self.lock_owner or self.lock_owner == owner:
-            return False
-        return (self.lock_expires_at or 0) > now
-
-    def locked_for(self, owner: str, seconds: float) -> KeyRecord:
-        return self.model_copy(update={"lock_owner": owner, "lock_expires_at": time.time() + seconds})
-
-    def noted(self, event: str) -> KeyRecord:
-        """The record with ``event`` added to its history (the last 50 are kept)."""
-        stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        return self.model_copy(update={"history": [*self.history, f"{stamp} {event}"][-50:]})
-
-    @property
-    def grace_to_wait_for(self) -> float | None:
-        """When Kosli kills the old key by itself, if a rotation is waiting for that; else None."""
-        if self.state == Phase.STORED and self.strategy == "rotate":
-            return self.grace_ends_at
-        return None
-
-    def summary(self) -> dict[str, str]:
-        """The non-secret view mirrored into custom_metadata (Vault wants str -> str)."""
-        fields = {
-            "managed_by": MANAGED_BY,
-            "state": self.state.value,
-            "key_id": self.key_id,
-            "fingerprint": fingerprint(self.key),
-            "previous_key_id": self.previous_key_id,
-            "previous_fingerprint": fingerprint(self.previous_key) if self.previous_key else None,
-            "run_id": self.run_id,
-            "strategy": self.strategy,
-            "rotated_at": _iso(self.rotated_at),
-            "grace_ends_at": _iso(self.grace_ends_at),
-            "consumers_verified_at": _iso(self.consumers_verified_at),
-            "last_finished_run_id": self.last_finished_run_id,
-            "lock_owner": self.lock_owner,
-            "lock_expires_at": _iso(self.lock_expires_at),
-            "failed_step": self.failed_step,
-            "failure": self.failure,
-            "todo": self.todo,
-            "updated_at": _iso(time.time()),
-        }
-        return {name: value[:512] for name, value in fields.items() if value}
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """A record as read, with the KV version a check-and-set write must name."""
 
     record: KeyRecord
     version: int
-
-
-def _iso(epoch: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds") if epoch else None
 
 
 def open_vault(conn_id: str) -> tuple[hvac.Client, str]:
@@ -243,15 +152,15 @@ class KeyStore:
                 f"Vault record {self.location} is malformed ({fields}); it needs at least a 'key' field"
             ) from None
         hold_secret(record.key)
-        if record.previous_key:
-            hold_secret(record.previous_key)
+        if record.outgoing_key:
+            hold_secret(record.outgoing_key)
         return Snapshot(record, int(response["data"]["metadata"]["version"]))
 
     def save(self, record: KeyRecord, version: int, *, deadline: float | None = None) -> Snapshot:
         """Write ``record`` only if the record is still at ``version``; return the new snapshot."""
         import hvac.exceptions
 
-        data = record.model_dump(mode="json", exclude_none=True)
+        data = record.to_vault()
 
         def write() -> dict[str, Any]:
             return self._kv().create_or_update_secret(path=self.path, secret=data, cas=version, mount_point=self.mount)
@@ -296,14 +205,47 @@ class KeyStore:
                     raise
                 continue
 
+    def update_fenced(
+        self, attempt: str | None, change: Callable[[KeyRecord], KeyRecord | None], *, deadline: float | None = None
+    ) -> Snapshot:
+        """``update``, applied only while the record still belongs to ``attempt`` (the fencing token the
+        operation in flight was given at its intent). Raises ``FenceLost`` when another attempt took over."""
+
+        def fenced(record: KeyRecord) -> KeyRecord | None:
+            if record.attempt != attempt:
+                raise FenceLost(
+                    f"Vault record {self.location} now belongs to attempt #{record.attempt or '-'} "
+                    f"(phase {record.state.value!r}, owner {record.lock_owner or 'none'}), not to #{attempt}: "
+                    "this attempt was taken over and changes nothing more"
+                )
+            return change(record)
+
+        return self.update(fenced, deadline=deadline)
+
+    def vault_now(self) -> float:
+        """Vault's clock (``sys/health``'s ``server_time_utc``): who owns a record is judged on one clock for every
+        worker, so a worker whose clock runs ahead cannot think a live lock expired."""
+
+        def health() -> Any:
+            return self.client.sys.read_health_status(method="GET", standby_ok=True)
+
+        response = call_with_retries(health, delay_for=_vault_delay, what=f"reading the time of Vault {self.location}")
+        body = response.json() if hasattr(response, "json") else response
+        return float(body["server_time_utc"])
+
+    def token_seconds_left(self) -> float | None:
+        """Seconds the connection's Vault token has left; None when it never expires (or cannot tell)."""
+        data = self.client.auth.token.lookup_self()["data"]
+        return float(data["ttl"]) if data.get("ttl") else None
+
     def mark_step(self, owner: str, step: str, *, running: bool) -> None:
-        """Journal which steps of a rotation in flight are running. A step that starts while it is still
+        """Journal which steps of an operation in flight are running. A step that starts while it is still
         marked as running was interrupted (its process killed): that goes into the history, for the audit.
         Journaling is best effort; it must never be why a step fails."""
-        now = time.time()
+        stamp = iso(time.time())
 
         def mark(record: KeyRecord) -> KeyRecord | None:
-            if record.state == Phase.IDLE or record.locked_by_other(owner, now):
+            if not record.in_flight or record.locked_by_other(owner, vault_now):
                 return None
             steps = dict(record.steps_in_flight)
             if not running:
@@ -312,26 +254,54 @@ class KeyStore:
                 return record.model_copy(update={"steps_in_flight": steps})
             if step in steps:
                 record = record.noted(f"{step} was interrupted ({steps[step]}); {owner} runs it again")
-            steps[step] = f"{owner} since {_iso(now)}"
+            steps[step] = f"{owner} since {stamp}"
             return record.model_copy(update={"steps_in_flight": steps})
 
         try:
+            vault_now = self.vault_now()
             self.update(mark)
         except Exception as error:
-            import logging
+            log.warning("could not journal step %s in %s: %s", step, self.location, type(error).__name__)
 
-            logging.getLogger(__name__).warning("could not journal step %s in %s: %s", step, self.location, error)
+    def park_unclaimed(self, attempt: str, key_id: str, secret: str) -> str:
+        """Keep a minted key that lost its fence beside the record (never over it) until reconciliation revokes
+        it: written once (check-and-set 0), retried like the record itself."""
+        path = f"{self.path}/unclaimed/{attempt}"
+
+        def write() -> Any:
+            return self._kv().create_or_update_secret(
+                path=path, secret={"key": secret, "key_id": key_id}, cas=0, mount_point=self.mount
+            )
+
+        import hvac.exceptions
+
+        try:
+            call_with_retries(write, delay_for=_vault_delay, what=f"parking a key at Vault {self.mount}/{path}")
+        except hvac.exceptions.InvalidRequest as error:
+            if "check-and-set" not in str(error):
+                raise
+        return f"{self.mount}/{path}"
+
+    def unclaimed(self) -> list[tuple[str, str, str]]:
+        """Parked keys as (attempt, key id, secret); each secret is registered with the masker."""
+        parked = []
+        for attempt in self.list_notes("unclaimed"):
+            data = self.read_note(f"unclaimed/{attempt}")
+            if data and data.get("key") and data.get("key_id"):
+                parked.append((attempt, str(data["key_id"]), hold_secret(str(data["key"]))))
+        return parked
+
+    def forget_unclaimed(self, attempt: str) -> None:
+        self._kv().delete_metadata_and_all_versions(path=f"{self.path}/unclaimed/{attempt}", mount_point=self.mount)
 
     def _mirror_metadata(self, record: KeyRecord) -> None:
         """Best effort: the summary helps humans, but the data written just before is what counts."""
         try:
             self.client.adapter.post(
-                f"/v1/{self.mount}/metadata/{self.path}", json={"custom_metadata": record.summary()}
+                f"/v1/{self.mount}/metadata/{self.path}", json={"custom_metadata": record.summary(time.time())}
             )
         except Exception as error:  # the record itself is already safe
-            import logging
-
-            logging.getLogger(__name__).warning("could not update metadata of %s: %s", self.location, error)
+            log.warning("could not update metadata of %s: %s", self.location, type(error).__name__)
 
     def read_metadata(self) -> dict[str, str]:
         """The mirrored non-secret summary (what a dashboard may read)."""

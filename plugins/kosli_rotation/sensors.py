@@ -18,10 +18,12 @@ LONGEST_WAIT = timedelta(hours=721)
 
 
 class WaitForGraceEnd(BaseSensorOperator):
-    """Wait until the grace end recorded in the key's Vault record (set from Kosli's rotate answer).
+    """Wait until the grace end recorded in the key's Vault record (set from Kosli's rotate answer), or for
+    ``replace``, until the observation window after the last consumer was verified has passed (``revoke_old``
+    then refuses if Kosli saw the old key used meanwhile).
 
     The target comes from Vault, not from this task's start or the run's date, so retries and
-    resumed runs never restart the clock. With the ``replace`` strategy there is nothing to wait for.
+    resumed runs never restart the clock.
     """
 
     template_fields = ("vault_path",)
@@ -33,6 +35,7 @@ class WaitForGraceEnd(BaseSensorOperator):
         vault_path: str,
         vault_conn_id: str = "vault_default",
         vault_mount: str | None = None,
+        observation_seconds: float = 0,
         deferrable: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -42,6 +45,7 @@ class WaitForGraceEnd(BaseSensorOperator):
         self.vault_path = vault_path
         self.vault_conn_id = vault_conn_id
         self.vault_mount = vault_mount
+        self.observation_seconds = observation_seconds
         self.deferrable = deferrable
 
     def _store(self) -> KeyStore:
@@ -53,13 +57,13 @@ class WaitForGraceEnd(BaseSensorOperator):
             self._store().mark_step(owner, self.task_id, running=running)
 
     def _wait_until(self) -> float | None:
-        ends_at = self._store().load().record.grace_to_wait_for
+        ends_at = self._store().load().record.wait_ends_at(self.observation_seconds)
         return ends_at + MARGIN_SECONDS if ends_at else None
 
     def execute(self, context: Any) -> None:
         until = self._wait_until()
         if until is None:
-            self.log.info("No grace period to wait for (strategy 'replace', or already past this step)")
+            self.log.info("Nothing to wait for (no grace period or observation window, or already past this step)")
             return
         self._journal(context, running=True)  # cleared in execute_complete: a kill while waiting is noticed
         remaining = until - time.time()

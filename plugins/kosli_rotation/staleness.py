@@ -9,28 +9,33 @@ Three checks per key, each returning findings (a problem to announce, or a note 
    more than a day past due: until then its rotation DAG's daily due check has not had its chance yet.
 2. ``check_state``: the last rotation failed (``failed_step`` is set), or a rotation is in flight but its
    lock expired long ago (the run that held it died and nothing resumed it).
-3. ``check_consumers``: a consumer that can be read back holds a value whose fingerprint is not the current
-   key's (or nothing). Write-only consumers cannot be read: the check says so, and what the tool last wrote.
+3. ``check_consumers``: a consumer that can be read back holds a value whose full SHA-256 digest is not the
+   current key's (or nothing). Write-only consumers cannot be read: the check says so, how the rotation proves
+   them (``Consumer.proof``), and what the tool last wrote there.
 
 What is read: the record's non-secret summary in Vault's ``custom_metadata`` when it is current (it is
-mirrored after every write, best effort); the record itself, only to compute the key's fingerprint, when the
-summary is missing (a record seeded by hand) or older than the record. Nothing returned or logged holds a key.
+mirrored after every write, best effort); the record itself, only to compute the key's fingerprint and digest,
+when the summary is missing (a record seeded by hand) or older than the record, or when the consumers must be
+compared with the key and the summary carries only its short fingerprint (48 bits: shown, never compared).
+Nothing returned or logged holds a key: findings show short fingerprints.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kosli_rotation.consumers import Consumer
+from kosli_rotation.consumers import Consumer, build_consumer
 from kosli_rotation.errors import InvalidRequestError, RotationError
+from kosli_rotation.fingerprints import digest, short
 from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.key_store import MANAGED_BY, KeyStore, Phase
 from kosli_rotation.kosli_hook import KosliHook
-from kosli_rotation.rotation import LOCK_TTL, Rotation
+from kosli_rotation.rotation import LOCK_TTL
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,18 @@ class Finding:
 
 @dataclass(frozen=True)
 class RecordView:
-    """The non-secret facts of a key's Vault record the checks need (from ``KeyRecord.summary()``)."""
+    """The non-secret facts of a key's Vault record the checks need (from ``KeyRecord.summary()``).
+
+    ``fingerprint`` and ``previous_fingerprint`` are for display; ``digest`` and ``previous_digest`` (full
+    SHA-256) are what consumers are compared with, known when the summary carries them or the record was read.
+    """
 
     state: Phase
     fingerprint: str
     key_id: str | None = None
     previous_fingerprint: str | None = None
+    digest: str | None = None
+    previous_digest: str | None = None
     run_id: str | None = None
     strategy: str | None = None
     rotated_at: float | None = None
@@ -72,7 +83,10 @@ class RecordView:
     @classmethod
     def from_summary(cls, summary: dict[str, str], source: str) -> RecordView:
         times = ("rotated_at", "grace_ends_at", "lock_expires_at")
-        plain = ("key_id", "previous_fingerprint", "run_id", "strategy", "lock_owner", "failed_step", "failure", "todo")
+        plain = (
+            *("key_id", "previous_fingerprint", "digest", "previous_digest"),
+            *("run_id", "strategy", "lock_owner", "failed_step", "failure", "todo"),
+        )
         return cls(
             state=Phase(summary.get("state", Phase.IDLE.value)),
             fingerprint=summary["fingerprint"],
@@ -156,7 +170,25 @@ def read_record(store: KeyStore) -> RecordView:
     if current and summary.get("managed_by") == MANAGED_BY and summary.get("fingerprint"):
         return RecordView.from_summary(summary, "metadata")
     # A record seeded by hand, or a summary older than the record: compute the summary from the record.
-    return RecordView.from_summary(store.load().record.summary(), "record")
+    return _view_of_record(store)
+
+
+def _view_of_record(store: KeyStore) -> RecordView:
+    """The view computed from the record itself, with the full digests of its keys (the keys stay in here)."""
+    data = store.load().record.model_dump(by_alias=True)  # the record's own field names, as stored in Vault
+    key, previous = data["key"], data.get("previous_key")  # previous_key: the key that goes, while one is in flight
+    plain = ("key_id", "run_id", "strategy", "lock_owner", "failed_step", "failure", "todo")
+    times = ("rotated_at", "grace_ends_at", "lock_expires_at")
+    return RecordView(
+        state=Phase(data.get("state") or Phase.IDLE),
+        fingerprint=short(digest(key)),
+        digest=digest(key),
+        previous_fingerprint=short(digest(previous)) if previous else None,
+        previous_digest=digest(previous) if previous else None,
+        source="record",
+        **{name: data.get(name) for name in plain},
+        **{name: data.get(name) for name in times},
+    )
 
 
 # -- the checks -----------------------------------------------------------------------------------
@@ -274,19 +306,23 @@ def check_consumers(entry: KeyEntry, view: RecordView, store: KeyStore) -> list[
     credentials, concurrently within each kind's limits, like the rotation's fan-out.)"""
     if not entry.consumers:
         return []
-    rotation = Rotation(entry)
+    if view.digest is None:
+        # The summary shows only the key's 48-bit fingerprint: compare with the full digest, from the record.
+        view = _view_of_record(store)
     findings: dict[str, Finding] = {}
 
-    def check(consumer: Consumer) -> str:
+    def check(consumer: Consumer) -> None:
         try:
             finding = _check_consumer(consumer, view, store)
         except Exception as error:  # one consumer failing to answer must not hide the others
             finding = Finding(f"consumer {consumer.name}", f"could not be read: {type(error).__name__}: {error}")
         findings[consumer.name] = finding
-        return finding.message
 
     for batch in entry.consumer_batches:
-        rotation._for_each_consumer(batch, check)
+        consumers = [build_consumer(entry.consumer(name)) for name in batch]
+        workers = max(1, min(len(consumers), min(type(consumer).max_concurrency for consumer in consumers)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="staleness") as pool:
+            list(pool.map(check, consumers))
     return [findings[name] for name in entry.consumer_names]
 
 
@@ -295,30 +331,41 @@ def _check_consumer(consumer: Consumer, view: RecordView, store: KeyStore) -> Fi
     current = f"the current key {view.fingerprint}" + (f" (key id {view.key_id})" if view.key_id else "")
     if not consumer.readable:
         status = store.read_note(f"consumers/{consumer.name}") or {}
-        written = status.get("written_fingerprint")
-        recorded = (
-            f"the tool last wrote {written} there at {status.get('written_at')}"
-            + (" (the current key)" if written == view.fingerprint else " (NOT the current key)")
-            if written
-            else "the tool has no record of writing it"
+        text = (
+            f"write-only ({consumer.kind}, proof: {consumer.proof}): what it holds cannot be read back, so it cannot "
+            f"be checked; {_last_written(status, view)}"
         )
-        text = f"write-only ({consumer.kind}): what it holds cannot be read back, so it cannot be checked; {recorded}"
         return Finding(label, text, problem=False)
-    held = consumer.read_fingerprint()
-    if held == view.fingerprint:
+    held = consumer.read_digest()
+    if held is not None and held == view.digest:
         return Finding(label, f"holds {current}", problem=False)
-    if held is not None and held == view.previous_fingerprint and view.state == Phase.STORED:
+    if held is not None and held == view.previous_digest and view.state == Phase.STORED:
         return Finding(
             label,
-            f"still holds the previous key ({held}): the rotation in flight has not given it {current} yet",
+            f"still holds the previous key ({short(held)}): the rotation in flight has not given it {current} yet",
             problem=False,
         )
     if held is None:
         return Finding(label, f"holds no key at {consumer.describe()}: it should hold {current}")
     return Finding(
         label,
-        f"holds {held} at {consumer.describe()}, not {current}: it fails once that value is revoked (or already "
-        "does). Give it the current key: a rotation writes it, or fix it by hand.",
+        f"holds {short(held)} at {consumer.describe()}, not {current}: it fails once that value is revoked (or "
+        "already does). Give it the current key: a rotation writes it, or fix it by hand.",
+    )
+
+
+def _last_written(status: dict[str, Any], view: RecordView) -> str:
+    """What the consumer's status note says the tool last wrote: by full digest, or by the fingerprint of a note
+    written by an older version (which has no ``written_digest``)."""
+    written_digest, written_fingerprint = status.get("written_digest"), status.get("written_fingerprint")
+    if written_digest:
+        shown, current = short(written_digest), written_digest == view.digest
+    elif written_fingerprint:
+        shown, current = written_fingerprint, written_fingerprint == view.fingerprint
+    else:
+        return "the tool has no record of writing it"
+    return f"the tool last wrote {shown} there at {status.get('written_at')}" + (
+        " (the current key)" if current else " (NOT the current key)"
     )
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, chain, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -87,7 +87,14 @@ def trigger_form(entry: KeyEntry) -> dict[str, Param]:
             False,
             type="boolean",
             title="Force",
-            description="Rotate even though this key was rotated less than an hour ago.",
+            description="Rotate even though this key was rotated less than an hour ago. Nothing else.",
+        ),
+        "revoke_despite_recent_use": Param(
+            False,
+            type="boolean",
+            title="Revoke despite recent use",
+            description="'replace' only: revoke the old key although Kosli saw it used after every listed consumer "
+            "had the new key (something unlisted may break). Use it once you have found and fixed that user.",
         ),
         "dry_run": Param(
             False,
@@ -127,7 +134,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
     grace = params.get("grace_hours") if manual else entry.grace_hours
     if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= 720:
         raise InvalidRequestError(f"parameter 'grace_hours' must be a whole number from 1 to 720, not {grace!r}")
-    for flag in ("force", "dry_run"):
+    for flag in ("force", "dry_run", "revoke_despite_recent_use"):
         if not isinstance(params.get(flag, False), bool):
             raise InvalidRequestError(f"parameter {flag!r} must be true or false, not {params.get(flag)!r}")
     return RunRequest(
@@ -138,6 +145,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
         grace_hours=grace,
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
+        revoke_despite_recent_use=bool(params.get("revoke_despite_recent_use")) if manual else False,
         triggered_by=getattr(dag_run, "triggering_user_name", None) or ("scheduler" if not manual else "unknown"),
         consumers=chosen_consumers(entry, params.get("consumers")) if manual else None,
     )
@@ -171,11 +179,18 @@ def airflow_outcome() -> Iterator[None]:
         raise AirflowFailException(str(error)) from None
 
 
-def journal(method: Callable[..., Any], context: Any, step_name: str) -> Any:
-    """The step's journal entry in the Vault record (see ``KeyStore.mark_step``), when its owner keeps one."""
-    owner = method.__self__  # type: ignore[attr-defined]
-    if not hasattr(owner, "journal"):
-        return nullcontext()
+class StepOwner(Protocol):
+    """What a step's method belongs to (``Rotation`` or ``Rollback``): the key's entry, and the journal that marks
+    the step running in the record and keeps the lock alive while it runs."""
+
+    entry: KeyEntry
+
+    def journal(self, run_id: str, step_name: str) -> AbstractContextManager[None]: ...
+
+
+def journal(method: Callable[..., Any], context: Any, step_name: str) -> AbstractContextManager[None]:
+    """The step's journal entry in the Vault record (see ``KeyStore.mark_step``)."""
+    owner: StepOwner = method.__self__  # type: ignore[attr-defined]
     return owner.journal(context["dag_run"].run_id, step_name)
 
 
@@ -248,6 +263,7 @@ def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:
         vault_path=entry.vault_path,
         vault_conn_id=entry.vault_conn_id,
         vault_mount=entry.vault_mount,
+        observation_seconds=entry.usage_observation_seconds,
         doc_md=WaitForGraceEnd.__doc__,
     )
 

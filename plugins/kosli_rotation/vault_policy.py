@@ -31,6 +31,9 @@ def _rules(inventory: Inventory, default_mount: str) -> Iterator[str]:
         yield _rule(f"{mount}/metadata/{record}/consumers/", '["list"]', "listing those (the dashboard)")
         yield _rule(f"{mount}/data/{record}/audit/*", READ_WRITE, "audit entries")
         yield _rule(f"{mount}/metadata/{record}/audit/", '["list"]', "listing audit entries")
+        yield _rule(f"{mount}/data/{record}/unclaimed/*", READ_WRITE, "minted keys parked after losing their fence")
+        yield _rule(f"{mount}/metadata/{record}/unclaimed/", '["list"]', "finding parked keys to revoke")
+        yield _rule(f"{mount}/metadata/{record}/unclaimed/*", '["delete"]', "forgetting a parked key once it is dead")
         for consumer in entry.consumers:
             if isinstance(consumer, VaultKvConfig) and consumer.conn_id == entry.vault_conn_id:
                 path = f"{consumer.mount or default_mount}/data/{consumer.path}"

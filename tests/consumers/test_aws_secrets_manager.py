@@ -26,7 +26,7 @@ from kosli_rotation.consumers.aws_secrets_manager import (
     client_request_token,
 )
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint
 from tests.support.aws_errors import (
     ACCESS_DENIED,
     EXPIRED_TOKEN,
@@ -195,7 +195,7 @@ def test_updates_one_json_field_keeping_the_others(aws: Aws) -> None:
         Name=SECRET, SecretString=json.dumps({"KOSLI_ORG": "acme", "KOSLI_API_TOKEN": OLD_KEY, "retries": 3})
     )
     consumer = aws.consumer(json_field="KOSLI_API_TOKEN")
-    assert consumer.read_fingerprint() == fingerprint(OLD_KEY)
+    assert consumer.read_digest() == digest(OLD_KEY)
 
     consumer.write(KEY)
 

@@ -184,7 +184,7 @@ def test_hidden_variable_is_rewritten_and_verified_by_acknowledgement(gl: GitLab
     gl.server.set_variable(VARIABLE, OLD_KEY, project=PROJECT, masked=True, hidden=True, protected=True)
     consumer = gl.consumer()
     consumer.check_access()
-    assert consumer.read_fingerprint() is None  # GitLab returns no value for it
+    assert consumer.read_digest() is None  # GitLab returns no value for it
     for _ in range(2):  # like a write-only store, every run writes again
         if not consumer.holds(KEY):
             consumer.write(KEY)

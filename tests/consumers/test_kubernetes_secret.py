@@ -26,12 +26,14 @@ from pydantic import TypeAdapter, ValidationError
 from kosli_rotation.consumers import kubernetes_secret
 from kosli_rotation.consumers.kubernetes_secret import (
     RESTARTED_AT,
+    WRITTEN_AT,
+    WRITTEN_DIGEST,
     WRITTEN_FINGERPRINT,
     KubernetesSecretConfig,
     KubernetesSecretConsumer,
 )
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint
 from sandbox.kubernetes import KubernetesSandbox
 
 NAMESPACE = "prod"
@@ -113,15 +115,16 @@ def fan_out(consumer: KubernetesSecretConsumer, key: str) -> bool:
 def test_creates_a_missing_secret(cluster: Cluster) -> None:
     consumer = cluster.consumer()
     consumer.check_access()
-    assert consumer.read_fingerprint() is None
+    assert consumer.read_digest() is None
     written_at = time.time()
     assert fan_out(consumer, KEY)
     assert cluster.stored() == {"key": KEY}
     secret = cluster.server.secret_object(NAMESPACE, SECRET)
     assert secret["type"] == "Opaque"
-    assert secret["metadata"]["annotations"][WRITTEN_FINGERPRINT] == fingerprint(KEY)
+    assert secret["metadata"]["annotations"][WRITTEN_DIGEST] == digest(KEY)
+    assert secret["metadata"]["annotations"][WRITTEN_FINGERPRINT] == fingerprint(KEY)  # for people to read
     assert cluster.requests("create_secret") == 1
-    assert consumer.read_fingerprint() == fingerprint(KEY)
+    assert consumer.read_digest() == digest(KEY)
     outcome = consumer.verify(KEY, written_at)
     assert outcome.ok and outcome.method == "read back"
     assert f"holds {fingerprint(KEY)}" in outcome.detail
@@ -137,7 +140,7 @@ def test_updates_only_its_key_keeping_other_keys_labels_and_annotations(cluster:
     )
     consumer = cluster.consumer()
     consumer.check_access()
-    assert consumer.read_fingerprint() == fingerprint(OLD_KEY)
+    assert consumer.read_digest() == digest(OLD_KEY)
     assert fan_out(consumer, KEY)
     assert cluster.stored() == {"key": KEY, "other": "keep-me"}
     metadata = cluster.server.secret_object(NAMESPACE, SECRET)["metadata"]
@@ -294,6 +297,28 @@ def test_a_key_placed_by_someone_else_still_gets_its_restart(cluster: Cluster) -
     assert cluster.generations() == (4, 4)
     assert cluster.pods_started_with() == {fingerprint(KEY)}
     assert consumer.holds(KEY)
+
+
+def test_a_secret_annotated_by_an_older_version_is_not_trusted_but_written_again(cluster: Cluster) -> None:
+    """Older versions annotated only the 48-bit fingerprint: too short to trust written-at by, so it counts as
+    unknown (like a Secret someone else filled) and is annotated again, with the full digest."""
+    old_stamp = "2020-01-01T00:00:00+00:00"
+    cluster.server.put_secret(
+        NAMESPACE, SECRET, {"key": KEY}, annotations={WRITTEN_FINGERPRINT: fingerprint(KEY), WRITTEN_AT: old_stamp}
+    )
+    consumer = cluster.consumer()
+    assert consumer.read_digest() == digest(KEY)
+    assert consumer.holds(KEY)  # no restart targets: the value itself, compared in full, is the proof
+
+    cluster.workloads()
+    restarting = cluster.consumer(restart=RESTART_BOTH)
+    assert not restarting.holds(KEY)  # the old annotation does not say when this value was written
+    assert fan_out(restarting, KEY)
+    annotations = cluster.server.secret_object(NAMESPACE, SECRET)["metadata"]["annotations"]
+    assert annotations[WRITTEN_DIGEST] == digest(KEY) and annotations[WRITTEN_AT] != old_stamp
+    assert cluster.server.secret_writes(NAMESPACE, SECRET) == 1  # the value was left alone; only annotated
+    assert cluster.pods_started_with() == {fingerprint(KEY)}
+    assert restarting.holds(KEY)
 
 
 def test_a_rollback_to_a_template_restarted_before_the_write_is_noticed(cluster: Cluster) -> None:
@@ -470,10 +495,10 @@ def test_dropped_connections_go_through_our_retry_policy_only(
     """urllib3's default would silently re-send a GET at once; we switch it off, so our backoff and budget apply."""
     cluster.server.put_secret(NAMESPACE, SECRET, {"key": OLD_KEY})
     consumer = cluster.consumer()
-    assert consumer.read_fingerprint() == fingerprint(OLD_KEY)  # the client is set up (and Airflow's logging)
+    assert consumer.read_digest() == digest(OLD_KEY)  # the client is set up (and Airflow's logging)
     caplog.set_level(logging.WARNING)
     cluster.server.faults.add(r"/secrets/kosli-api-token$", method="GET", action="drop_before", times=1)
-    assert consumer.read_fingerprint() == fingerprint(OLD_KEY)
+    assert consumer.read_digest() == digest(OLD_KEY)
     assert cluster.requests("get_secret") == 3
     assert [record.message for record in caplog.records if "retry 1 in" in record.message]
 

@@ -91,7 +91,16 @@ def test_a_dag_is_one_task_per_step_in_order(no_network, inventory, monkeypatch)
     assert all(t.retries >= 1 for t in dag.tasks if t.task_id in STEPS), "every step retries"
     assert dag.get_task("consumers.fan_out").map_index_template
     assert dag.params["grace_hours"] == 48
-    assert set(dag.params.keys()) == {"reason", "strategy", "grace_hours", "force", "dry_run", "consumers"}
+    assert set(dag.params.keys()) == {
+        "reason",
+        "strategy",
+        "grace_hours",
+        "force",
+        "revoke_despite_recent_use",
+        "dry_run",
+        "consumers",
+    }
+    assert dag.get_task("revoke_old").trigger_rule == "all_success", "never revokes after a failed step of its run"
     assert dag.params["strategy"] == "replace", "manual runs default to replace"
     assert dag.params["consumers"] == ["apps"], "every consumer is updated unless the form says otherwise"
     assert dag.params.get_param("consumers").schema["items"]["enum"] == ["apps"]
@@ -135,6 +144,7 @@ ROLLBACK_STEPS = [
     "restore_old_key_in_vault",
     "consumers.fan_out_old_key",
     "consumers.verify_consumers",
+    "all_consumers_verified",
     "revoke_new_key",
     "confirm_new_key_dead",
     "finalize_rollback",
@@ -174,7 +184,8 @@ def test_a_rollback_dag_per_key_is_one_task_per_step_in_order_and_manual_only(no
         task = downstream[0] if downstream else None
     assert order == ROLLBACK_STEPS
     assert set(dag.get_task("any_step_failed").upstream_task_ids) == set(ROLLBACK_STEPS)
-    assert dag.get_task("revoke_new_key").trigger_rule == "none_skipped", "it names unverified consumers"
+    assert dag.get_task("all_consumers_verified").trigger_rule == "none_skipped", "it names unverified consumers"
+    assert dag.get_task("revoke_new_key").trigger_rule == "all_success", "never revokes after a failed step of its run"
     assert dag.get_task("consumers.fan_out_old_key").map_index_template
     assert type(dag.timetable).__name__ == "NullTimetable", "manual runs only"
     assert dag.max_active_runs == 1

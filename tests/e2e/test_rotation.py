@@ -109,7 +109,9 @@ def test_dry_run_changes_nothing_and_returns_the_plan(scenario):
         ("reporter-vault", "reachable; holds nothing yet: the key will be created there"),
         ("release-cli", "reachable; holds the current key: it will be updated"),
     ]
-    assert {c["verify"] for c in plan["consumers"]} == {"reads the value back and compares fingerprints"}
+    assert {c["verify"] for c in plan["consumers"]} == {
+        "read back: reads the value back and compares its full SHA-256 digest"
+    }
 
 
 def test_a_manual_run_without_a_reason_is_refused_before_any_call_to_kosli(scenario):
@@ -197,5 +199,9 @@ def test_replace_does_not_revoke_an_old_key_that_is_still_being_used(scenario):
 
     scenario.kosli.faults.clear()
     forced = scenario.run(strategy="replace", force=True)
+    assert forced.state == "failed", "force lifts the one-hour limit only, never the usage guard"
+    assert scenario.old_key in scenario.live_secrets()
 
-    assert_rotated(scenario, forced)
+    despite = scenario.run(strategy="replace", revoke_despite_recent_use=True)
+
+    assert_rotated(scenario, despite)

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from kosli_rotation.dashboard import KeyRow, LatestRun, collect_rows, render_page
+from kosli_rotation.dashboard import ConsumerState, KeyRow, LatestRun, collect_rows, key_row, render_page
+from kosli_rotation.fingerprints import digest, fingerprint
+from kosli_rotation.inventory import KeyEntry
+from kosli_rotation.key_store import KeyStore
 
 pytestmark = pytest.mark.e2e
 
@@ -76,3 +79,68 @@ def test_a_broken_inventory_entry_gets_a_row_naming_the_problem(scenario):
 
     (row,) = rows
     assert row.state == "error" and "grace_hours" in " ".join(row.problems)
+
+
+def test_each_consumer_says_how_it_is_proven_and_write_confirmed_only_stands_out():
+    row = KeyRow(
+        name="ci-bot",
+        dag_id="rotate_kosli_key_ci-bot",
+        consumers=[
+            ConsumerState("reporter-vault", "vault_kv", "read back", verified_at="2026-01-01T00:00:00+00:00"),
+            ConsumerState("app-actions", "github_actions", "write-confirmed + canary"),
+            ConsumerState("<b>ci</b>", "circleci_env", "write-confirmed only"),
+        ],
+    )
+
+    page = render_page([row], now=0)
+
+    assert '<small class="proof" data-proof="read back">[read back]</small>' in page
+    assert '<small class="proof" data-proof="write-confirmed + canary">[write-confirmed + canary]</small>' in page
+    assert '<small class="proof weak" data-proof="write-confirmed only">[write-confirmed only]</small>' in page
+    assert "&lt;b&gt;ci&lt;/b&gt;" in page and "<b>ci</b>" not in page
+    assert "write-confirmed only: the store confirmed the write, nothing proves the value" in page
+
+
+def test_key_rows_carry_each_consumers_proof_and_prefer_a_verified_digest(openbao, vault_mount, tmp_path, monkeypatch):
+    secret, other = "k" * 43, "o" * 43
+    path = "kosli/acme/dash"
+    kv = openbao.client().secrets.kv.v2
+    kv.create_or_update_secret(path=path, secret={"key": secret}, mount_point=vault_mount)
+    canary = {"workflow": "canary.yml"}
+    entry = KeyEntry.model_validate(
+        {
+            "name": "dash",
+            "org": "acme",
+            "service_account": "ci-bot",
+            "key_label": "ci",
+            "vault_path": path,
+            "consumers": [
+                {"name": "vault", "kind": "vault_kv", "path": "apps/dash"},
+                {"name": "actions", "kind": "github_actions", "repository": "acme/app"},
+                {"name": "canaried", "kind": "github_actions", "repository": "acme/app", "canary": canary},
+            ],
+        }
+    )
+    store = KeyStore(path)
+    verified = {"verified_at": "2026-01-01T00:00:00+00:00", "verified_fingerprint": fingerprint(secret)}
+    store.write_note("consumers/vault", verified)
+    store.write_note("consumers/actions", {**verified, "verified_digest": digest(other)})  # the digest decides
+    store.write_note("consumers/canaried", {**verified, "verified_digest": digest(secret)})
+
+    def summary(**fields):
+        metadata = {"managed_by": "kosli-key-rotation", "state": "idle", "fingerprint": fingerprint(secret), **fields}
+        kv.update_metadata(path=path, custom_metadata=metadata, mount_point=vault_mount)
+        return key_row(entry, lambda dag_id: None)
+
+    row = summary()  # today's summary: only the short fingerprint, so the (display only) fingerprints are compared
+    assert [(c.name, c.proof) for c in row.consumers] == [
+        ("vault", "read back"),
+        ("actions", "write-confirmed only"),
+        ("canaried", "write-confirmed + canary"),
+    ]
+    assert [bool(c.verified_at) for c in row.consumers] == [True, True, True]
+
+    row = summary(digest=digest(secret))  # a summary with the full digest: a note's verified_digest decides
+    assert [bool(c.verified_at) for c in row.consumers] == [True, False, True]
+    page = render_page([row])
+    assert "[write-confirmed only]" in page and secret not in page and digest(secret) not in page

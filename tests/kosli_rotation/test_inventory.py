@@ -136,3 +136,39 @@ def test_a_non_mapping_entry_is_reported_and_skipped(tmp_path):
     assert [entry.name for entry in inventory.entries] == ["ci-bot"]
     assert inventory.broken[0].problems == [f"{tmp_path / 'inventory.yaml'}: keys[0]: expected a mapping"]
     assert inventory.broken[0].dag_id == "rotate_kosli_key_invalid_entry_0"
+
+
+@pytest.mark.parametrize(
+    ("consumer", "expected"),
+    [
+        (
+            {"name": "apps", "kind": "vault_kv", "path": "apps/ci", "verify": "canary"},
+            "consumers[0]: Value error, kind vault_kv has no canary job; drop `verify: canary` (kinds with one: "
+            "circleci_env, github_actions, jenkins_credential)",
+        ),
+        (
+            {"name": "app", "kind": "github_actions", "repository": "acme/app", "verify": "canary"},
+            "consumers[0]: Value error, verify: canary needs `canary` to be configured",
+        ),
+        (
+            {"name": "app", "kind": "github_actions", "repository": "acme/app", "verify": "always"},
+            "consumers[0].verify: Input should be 'default' or 'canary'",
+        ),
+    ],
+)
+def test_verify_canary_is_refused_where_no_canary_can_prove_the_consumer(tmp_path, consumer, expected):
+    (problem,) = problems_of(tmp_path, consumers=[consumer])
+    assert problem.startswith(f"{tmp_path / 'inventory.yaml'}: keys[0] (ci-bot): ")
+    assert expected in problem
+
+
+def test_verify_canary_with_a_canary_configured_is_accepted(tmp_path):
+    consumer = {
+        "name": "app",
+        "kind": "github_actions",
+        "repository": "acme/app",
+        "verify": "canary",
+        "canary": {"workflow": "canary.yml"},
+    }
+    (entry,) = load_inventory(write(tmp_path, {"keys": [{**VALID, "consumers": [consumer]}]})).entries
+    assert (entry.consumers[0].verify, entry.consumers[0].canary.workflow) == ("canary", "canary.yml")

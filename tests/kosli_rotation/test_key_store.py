@@ -63,7 +63,7 @@ def test_the_metadata_summary_never_holds_the_key(store, kv, vault_mount):
     key = "b" * 43
     kv.create_or_update_secret(path="kosli/acme/ci-bot", secret={"key": key}, mount_point=vault_mount)
     snapshot = store.load()
-    store.save(snapshot.record.model_copy(update={"key_id": "k9", "previous_key": "c" * 43}), snapshot.version)
+    store.save(snapshot.record.model_copy(update={"key_id": "k9", "outgoing_key": "c" * 43}), snapshot.version)
 
     summary = store.read_metadata()
     assert summary["key_id"] == "k9"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint
 from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.key_store import KeyStore, Phase
 from kosli_rotation.staleness import DAY, LOCK_TTL, check_key, read_record
@@ -57,8 +57,9 @@ def consumers_hold(tmp_path, kv, vault_mount, *, vault: str | None, cli: str | N
 
 
 def record_says(**fields) -> None:
-    """Change the record the way the tool does: a check-and-set write, then the mirrored summary."""
-    KeyStore(RECORD).update(lambda record: record.model_copy(update=fields))
+    """Change the record the way the tool does: a check-and-set write, then the mirrored summary. Fields are named
+    as stored in Vault (``previous_key``), so they are validated rather than copied onto the model."""
+    KeyStore(RECORD).update(lambda record: type(record).model_validate({**record.model_dump(by_alias=True), **fields}))
 
 
 def problems(health) -> dict[str, str]:
@@ -207,11 +208,38 @@ def test_write_only_consumers_cannot_be_checked_and_unreadable_ones_are_a_proble
     health = check_key(entry)
 
     assert notes(health)["consumer app-actions"] == (
-        "write-only (github_actions): what it holds cannot be read back, so it cannot be checked; the tool last "
-        f"wrote {fingerprint(secret)} there at 2026-01-01T00:00:00+00:00 (the current key)"
+        "write-only (github_actions, proof: write-confirmed only): what it holds cannot be read back, so it cannot "
+        f"be checked; the tool last wrote {fingerprint(secret)} there at 2026-01-01T00:00:00+00:00 (the current key)"
     )
     assert "could not be read" in problems(health)["consumer elsewhere"]
     assert "vault_nowhere" in problems(health)["consumer elsewhere"]
+
+
+def test_a_write_only_consumer_note_is_compared_by_its_digest_when_it_has_one(key, kv, vault_mount, tmp_path):
+    """Notes carry ``written_digest`` (compared) beside ``written_fingerprint`` (shown); older notes only the latter."""
+    _key_id, secret = key
+    old = "an-old-key-" + "x" * 32
+    entry = entry_for(tmp_path, consumers=[{"name": "app-actions", "kind": "github_actions", "repository": "acme/app"}])
+    store = KeyStore(RECORD)
+    wrote = "the tool last wrote {} there at 2026-01-01T00:00:00+00:00 ({})"
+
+    def note_says(**fields) -> str:
+        store.write_note("consumers/app-actions", {**fields, "written_at": "2026-01-01T00:00:00+00:00"})
+        return notes(check_key(entry))["consumer app-actions"]
+
+    assert note_says(written_digest=digest(secret), written_fingerprint=fingerprint(secret)).endswith(
+        wrote.format(fingerprint(secret), "the current key")
+    )
+    assert note_says(written_digest=digest(old), written_fingerprint=fingerprint(old)).endswith(
+        wrote.format(fingerprint(old), "NOT the current key")
+    )
+    # The digest decides, whatever the (display only) fingerprint beside it says.
+    assert note_says(written_digest=digest(old), written_fingerprint=fingerprint(secret)).endswith(
+        wrote.format(fingerprint(old), "NOT the current key")
+    )
+    older_version = note_says(written_fingerprint=fingerprint(old))
+    assert older_version.endswith(wrote.format(fingerprint(old), "NOT the current key"))
+    assert note_says().endswith("the tool has no record of writing it")
 
 
 def test_a_missing_record_is_a_problem_saying_how_to_create_it(vault_mount, tmp_path):

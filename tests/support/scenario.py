@@ -77,6 +77,7 @@ class Scenario:
             "key_label": "ci",
             "vault_path": RECORD_PATH,
             "retries": 0,
+            "usage_observation_seconds": 0,
             "consumers": [
                 {"name": "reporter-vault", "kind": "vault_kv", "path": CONSUMER_VAULT_PATH, "field": CONSUMER_FIELD},
                 {"name": "release-cli", "kind": "kosli_cli_config", "path": str(self.cli_config_path)},

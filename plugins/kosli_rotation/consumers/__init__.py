@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field
 
 from kosli_rotation.consumers.aws_secrets_manager import AwsSecretsManagerConfig, AwsSecretsManagerConsumer
-from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
+from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Proof, Verification
 from kosli_rotation.consumers.circleci_env import CircleCiEnvConfig, CircleCiEnvConsumer
 from kosli_rotation.consumers.github_actions import GithubActionsConfig, GithubActionsConsumer
 from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
@@ -45,4 +45,4 @@ def build_consumer(config: ConsumerConfig) -> Consumer:
     return KINDS[config.kind][1](config)
 
 
-__all__ = ["KINDS", "AnyConsumerConfig", "Consumer", "ConsumerConfig", "Verification", "build_consumer"]
+__all__ = ["KINDS", "AnyConsumerConfig", "Consumer", "ConsumerConfig", "Proof", "Verification", "build_consumer"]

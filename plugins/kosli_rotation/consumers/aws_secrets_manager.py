@@ -31,7 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,8 @@ def client_request_token(secret_id: str, secret_string: str) -> str:
     plus the JSON object's other fields), not from the key alone, because AWS rejects a known token that comes
     with a different value. A UUID of a SHA-256 reveals nothing about the value.
     """
-    digest = hashlib.sha256(secret_string.encode()).hexdigest()
-    return str(uuid.uuid5(TOKEN_NAMESPACE, f"{secret_id}\n{digest}"))
+    value_hash = hashlib.sha256(secret_string.encode()).hexdigest()
+    return str(uuid.uuid5(TOKEN_NAMESPACE, f"{secret_id}\n{value_hash}"))
 
 
 def _error_code(error: Any) -> str:
@@ -330,9 +330,9 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
         value = self._json_fields(secret_string).get(self.config.json_field)
         return value if isinstance(value, str) else None
 
-    def read_fingerprint(self) -> str | None:
+    def read_digest(self) -> str | None:
         value = self._held_value(self._read_secret_string())
-        return fingerprint(value) if value else None
+        return digest(value) if value else None
 
     def check_access(self) -> None:
         """DescribeSecret and GetSecretValue: credentials, region, existence, deletion state and JSON shape.

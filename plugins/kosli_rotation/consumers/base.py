@@ -9,13 +9,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, short
 
 CONSUMER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+#: How a consumer is proven to hold the key, said plainly (``Consumer.proof``).
+Proof = Literal["read back", "write-confirmed + canary", "write-confirmed only"]
+READ_BACK: Proof = "read back"
+WRITE_CONFIRMED_AND_CANARY: Proof = "write-confirmed + canary"
+WRITE_CONFIRMED_ONLY: Proof = "write-confirmed only"
+
+
+def _kinds_with_canary() -> list[str]:
+    """The kinds whose config has a ``canary`` field (every config model is imported by then)."""
+    kinds: set[str] = set()
+    pending = list(ConsumerConfig.__subclasses__())
+    while pending:
+        config = pending.pop()
+        pending.extend(config.__subclasses__())
+        if "canary" in config.model_fields:
+            kinds.update(str(kind) for kind in get_args(config.model_fields["kind"].annotation))
+    return sorted(kinds)
 
 
 class ConsumerConfig(BaseModel):
@@ -25,6 +43,26 @@ class ConsumerConfig(BaseModel):
 
     name: str = Field(pattern=CONSUMER_NAME, description="Unique within the key; names the mapped task.")
     kind: str
+    verify: Literal["default", "canary"] = Field(
+        default="default",
+        description="'canary': this write-only consumer must be proven by its canary job, so one must be configured.",
+    )
+
+    @model_validator(mode="after")
+    def _verify_canary_is_configured(self) -> ConsumerConfig:
+        if self.verify != "canary":
+            return self
+        if "canary" not in type(self).model_fields:
+            with_canary = ", ".join(_kinds_with_canary()) or "none"
+            raise ValueError(
+                f"kind {self.kind} has no canary job; drop `verify: canary` (kinds with one: {with_canary})"
+            )
+        if getattr(self, "canary", None) is None:
+            raise ValueError(
+                "verify: canary needs `canary` to be configured: give the canary job that proves this consumer "
+                "works with the new key, or drop `verify: canary`"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -43,7 +81,7 @@ class Consumer(ABC, Generic[ConfigT]):
     """One place that holds the key. Implementations must be safe to call again after any failure."""
 
     kind: ClassVar[str]
-    #: Whether the stored value can be read back, so writes can be skipped and verified by fingerprint.
+    #: Whether the stored value can be read back, so writes can be skipped and verified by digest.
     readable: ClassVar[bool] = True
     #: How many consumers of this kind one task writes or verifies at once (the service's rate limits).
     max_concurrency: ClassVar[int] = 8
@@ -67,30 +105,43 @@ class Consumer(ABC, Generic[ConfigT]):
     def write(self, key: str) -> None:
         """Create or update the stored value. Must be idempotent."""
 
-    def read_fingerprint(self) -> str | None:
-        """Fingerprint of the value the consumer holds now, or None if it holds nothing.
+    def read_digest(self) -> str | None:
+        """Full digest (``fingerprints.digest``) of the value the consumer holds now, or None if it holds nothing.
 
-        Only readable consumers implement it; write-only stores verify differently.
+        Only readable consumers implement it; write-only stores verify differently. Compare it with
+        ``digest(key)``; show ``fingerprints.short`` of it.
         """
         raise NotImplementedError(f"{self.kind} consumers cannot be read back")
 
     def holds(self, key: str) -> bool:
         """True when the consumer provably holds ``key`` already (never for write-only stores)."""
-        return self.readable and self.read_fingerprint() == fingerprint(key)
+        return self.readable and self.read_digest() == digest(key)
+
+    @property
+    def proof(self) -> Proof:
+        """What proves this consumer holds the key: ``read back`` (the value itself is compared by full digest),
+        ``write-confirmed + canary`` (write-only: the store confirms the write, then a canary job must succeed
+        with the key) or ``write-confirmed only`` (write-only, no canary: nothing proves the value itself)."""
+        if self.readable:
+            return READ_BACK
+        if getattr(self.config, "canary", None):
+            return WRITE_CONFIRMED_AND_CANARY
+        return WRITE_CONFIRMED_ONLY
 
     def verification_plan(self) -> str:
-        """How ``verify`` will prove this consumer holds the key, for the dry-run plan."""
+        """How ``verify`` will prove this consumer holds the key, for the dry-run plan; starts with ``proof``."""
         if self.readable:
-            return "reads the value back and compares fingerprints"
-        how = "write-only: the write is confirmed by the store's metadata, the value cannot be read back"
-        if getattr(self.config, "canary", None):
+            return f"{self.proof}: reads the value back and compares its full SHA-256 digest"
+        how = f"{self.proof}: write-only: the write is confirmed by the store's metadata, the value cannot be read back"
+        if self.proof == WRITE_CONFIRMED_AND_CANARY:
             return how + "; then the canary job must succeed with it"
         return how + "; no canary is configured, so nothing proves the consumer works with it"
 
     def verify(self, key: str, written_at: float) -> Verification:
-        """Prove the consumer now holds ``key``. Readable stores compare fingerprints."""
-        held = self.read_fingerprint()
-        expected = fingerprint(key)
+        """Prove the consumer now holds ``key``. Readable stores compare full digests (details show fingerprints)."""
+        held = self.read_digest()
+        expected = digest(key)
         if held == expected:
-            return Verification(True, "read back", f"holds {expected}")
-        return Verification(False, "read back", f"holds {held or 'nothing'}, expected {expected}")
+            return Verification(True, "read back", f"holds {short(expected)}")
+        shown = short(held) if held else "nothing"
+        return Verification(False, "read back", f"holds {shown}, expected {short(expected)}")

@@ -1,6 +1,6 @@
 """A GitLab CI/CD variable (of a project or a group) that pipelines read the key from, set with python-gitlab.
 
-GitLab returns variable values, so the key is read back and compared by fingerprint, except for hidden
+GitLab returns variable values, so the key is read back and compared by full digest, except for hidden
 variables (``masked_and_hidden``, GitLab 17.4+), whose value GitLab never returns: those are verified by
 the acknowledgement of an idempotent re-write instead.
 
@@ -23,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
+from kosli_rotation.consumers.base import WRITE_CONFIRMED_ONLY, Consumer, ConsumerConfig, Proof, Verification
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint, short
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
     """Updates the variable's value in place (PUT) or creates it (POST), never touching its other settings."""
 
     kind = "gitlab_ci"
-    readable = True  # except hidden variables, handled in read_fingerprint() and verify()
+    readable = True  # except hidden variables, handled in read_digest() and verify()
 
     def __init__(self, config: GitLabCiConfig) -> None:
         super().__init__(config)
@@ -397,12 +397,12 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
         )
         return list(found.attributes.get("scopes") or []) if found is not None else None
 
-    def read_fingerprint(self) -> str | None:
+    def read_digest(self) -> str | None:
         variable = self._read_variable()
         if variable is None or variable.get("hidden"):
             return None  # a hidden variable's value never comes back: treat it as unknown and write it
         value = variable.get("value")
-        return fingerprint(value) if value else None
+        return digest(value) if value else None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -471,19 +471,34 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
 
     # -- verifying -------------------------------------------------------------------------------
 
+    @property
+    def proof(self) -> Proof:
+        """A variable configured hidden is never read back: only its re-write is acknowledged."""
+        return WRITE_CONFIRMED_ONLY if self.config.hidden else super().proof
+
+    def verification_plan(self) -> str:
+        hidden = (
+            "a hidden variable's value never comes back, so an idempotent re-write must be acknowledged "
+            "(HTTP 200 naming the variable and its scope); nothing proves the value itself"
+        )
+        if self.config.hidden:
+            return f"{self.proof}: {hidden}"
+        return super().verification_plan() + f"; if the variable turns out hidden, {WRITE_CONFIRMED_ONLY}: {hidden}"
+
     def verify(self, key: str, written_at: float) -> Verification:
-        """Compare fingerprints; a hidden variable cannot be read, so its re-write must be acknowledged."""
-        expected = fingerprint(key)
+        """Compare full digests; a hidden variable cannot be read, so its re-write must be acknowledged."""
+        expected = digest(key)
         variable = self._read_variable()
         if variable is None:
             return Verification(False, "read back", f"{self.variable_ref} does not exist")
         if variable.get("hidden"):
             return self._verify_hidden(key)
         value = variable.get("value")
-        held = fingerprint(value) if value else None
+        held = digest(value) if value else None
         if held == expected:
-            return Verification(True, "read back", f"{self.variable_ref} holds {expected}")
-        return Verification(False, "read back", f"{self.variable_ref} holds {held or 'nothing'}, expected {expected}")
+            return Verification(True, "read back", f"{self.variable_ref} holds {short(expected)}")
+        shown = short(held) if held else "nothing"
+        return Verification(False, "read back", f"{self.variable_ref} holds {shown}, expected {short(expected)}")
 
     def _verify_hidden(self, key: str) -> Verification:
         """GitLab never returns a hidden value: re-write it (idempotent) and require a 200 naming our variable."""

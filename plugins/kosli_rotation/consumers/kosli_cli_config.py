@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest
 
 TOKEN_KEY = "api-token"
 
@@ -62,9 +62,9 @@ class KosliCliConfigConsumer(Consumer[KosliCliConfigConfig]):
             raise ConsumerError(self.name, f"{target} is not writable by the Airflow worker", retryable=False)
         self._settings()
 
-    def read_fingerprint(self) -> str | None:
+    def read_digest(self) -> str | None:
         value = self._settings().get(TOKEN_KEY)
-        return fingerprint(str(value)) if value else None
+        return digest(str(value)) if value else None
 
     def write(self, key: str) -> None:
         settings = self._settings()

@@ -6,8 +6,10 @@ run uses the new key and nothing needs restarting. Long-running pods (Deployment
 env var from a Secret when they start: list them under ``restart`` and each gets a rollout restart exactly like
 ``kubectl rollout restart``, then is waited for the way ``kubectl rollout status`` decides completion.
 
-Idempotence across failures: the Secret carries two annotations written in the same patch as the value,
-``kosli-key-rotation/written-fingerprint`` and ``kosli-key-rotation/written-at``. A workload whose pod template's
+Idempotence across failures: the Secret carries annotations written in the same patch as the value,
+``kosli-key-rotation/written-digest`` (the full SHA-256 digest, compared), ``kosli-key-rotation/written-at`` and,
+for people only, ``kosli-key-rotation/written-fingerprint`` (its short form). A Secret annotated by an older version
+(a fingerprint but no digest) counts as not written by us: it is written again. A workload whose pod template's
 ``kubectl.kubernetes.io/restartedAt`` is at or after ``written-at`` has been restarted for this value. So a rerun
 after a failure neither writes the Secret again nor restarts twice, yet still restarts what was missed and waits
 for rollouts that had not finished; and a rollback to an older template is noticed and restarted again.
@@ -30,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,10 @@ SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 WRITTEN_AT = "kosli-key-rotation/written-at"
+#: Display only (the short fingerprint): never compared, a 48-bit prefix proves nothing.
 WRITTEN_FINGERPRINT = "kosli-key-rotation/written-fingerprint"
+#: The full digest of the value we wrote: what ``written-at`` is trusted by.
+WRITTEN_DIGEST = "kosli-key-rotation/written-digest"
 
 #: Retry budget for one API call: attempts, overall seconds, and the longest single wait honoured.
 MAX_ATTEMPTS = 5
@@ -370,15 +375,16 @@ class KubernetesSecretConsumer(Consumer[KubernetesSecretConfig]):
         return dict((obj.metadata.annotations if obj and obj.metadata else None) or {})
 
     def _written_at(self, secret: Any, key: str) -> datetime | None:
-        """When we wrote ``key`` into the Secret, if its annotations say so for this very value."""
+        """When we wrote ``key`` into the Secret, if its annotations say so for this very value (by full digest;
+        an older version's fingerprint-only annotations do not count, so the value is written again)."""
         annotations = self._annotations(secret)
-        if annotations.get(WRITTEN_FINGERPRINT) != fingerprint(key):
+        if annotations.get(WRITTEN_DIGEST) != digest(key):
             return None
         return _parse_time(annotations.get(WRITTEN_AT))
 
-    def read_fingerprint(self) -> str | None:
+    def read_digest(self) -> str | None:
         value = self._held_value(self._read_secret())
-        return fingerprint(value) if value else None
+        return digest(value) if value else None
 
     def _read_workload(self, target: RestartTarget) -> Any:
         _, apps, _ = self._clients()
@@ -503,7 +509,7 @@ class KubernetesSecretConsumer(Consumer[KubernetesSecretConfig]):
             log.info("%s already holds %s (written %s)", self._secret_ref, key_fingerprint, stamp.isoformat())
             return stamp
         now = _now()
-        annotations = {WRITTEN_AT: now.isoformat(), WRITTEN_FINGERPRINT: key_fingerprint}
+        annotations = {WRITTEN_AT: now.isoformat(), WRITTEN_DIGEST: digest(key), WRITTEN_FINGERPRINT: key_fingerprint}
         encoded = base64.b64encode(key.encode()).decode()
         if secret is None:
             body = {

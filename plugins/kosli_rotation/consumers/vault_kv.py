@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.fingerprints import digest
 from kosli_rotation.key_store import VaultPath, open_vault
 
 
@@ -67,9 +67,9 @@ class VaultKvConsumer(Consumer[VaultKvConfig]):
                 retryable=False,
             )
 
-    def read_fingerprint(self) -> str | None:
+    def read_digest(self) -> str | None:
         value = self._read()[0].get(self.config.field)
-        return fingerprint(value) if value else None
+        return digest(value) if value else None
 
     def write(self, key: str) -> None:
         import hvac.exceptions
