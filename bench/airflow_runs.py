@@ -97,6 +97,9 @@ def deployment(keys: dict[str, tuple[int, str]]) -> Iterator[Deployment]:
                         "grace_hours": GRACE_HOURS,
                         "retries": 1,
                         "retry_delay_seconds": 5,
+                        # The exposure window measured is the tool's own work; the observation window of the old
+                        # key's use (usage_observation_seconds, 10 min by default) would add its length to it.
+                        "usage_observation_seconds": 0,
                         "consumers": consumers,
                     }
                 )

@@ -174,7 +174,8 @@ def write_private(path: Path, text: str) -> None:
 
 
 def inventory_document(consumers: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The inventory for the two keys; short retries so a failure shows quickly in the demo."""
+    """The inventory for the two keys; short retries so a failure shows quickly in the demo, and a short watch of
+    the old key's use before 'replace' revokes it (the default is 10 minutes)."""
     entries = [
         {
             "name": key.name,
@@ -187,7 +188,7 @@ def inventory_document(consumers: dict[str, list[dict[str, Any]]]) -> dict[str, 
         }
         for key in KEYS
     ]
-    return {"defaults": {"retries": 1, "retry_delay_seconds": 5}, "keys": entries}
+    return {"defaults": {"retries": 1, "retry_delay_seconds": 5, "usage_observation_seconds": 15}, "keys": entries}
 
 
 def write_inventory(state_dir: Path, consumers: dict[str, list[dict[str, Any]]]) -> tuple[Path, dict[str, list[str]]]:

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.e2e
         ({"strategy": "delete-everything"}, "strategy"),
         ({"force": "yes"}, "force"),
         ({"dry_run": 1}, "dry_run"),
+        ({"revoke_despite_recent_use": "please"}, "revoke_despite_recent_use"),
         ({"reason": ["not", "text"]}, "reason"),
         ({"consumers": ["release-cli", "no-such-consumer"]}, "consumers"),
         ({"consumers": []}, "consumers"),
@@ -51,3 +52,21 @@ def test_a_missing_connection_is_named_and_nothing_is_rotated(scenario, monkeypa
     assert run.state == "failed"
     assert scenario.vault_metadata().get("state", "idle") == "idle"
     assert scenario.live_secrets() == [scenario.old_key]
+
+
+def test_a_vault_token_that_expires_before_the_rotation_can_finish_is_refused_in_preflight(
+    scenario, monkeypatch, caplog, capfd
+):
+    """A token that dies mid-rotation would strand the new key: preflight refuses it, naming the connection."""
+    short_lived = scenario.vault().auth.token.create(ttl="30m", renewable=False)["auth"]["client_token"]
+    monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", scenario.bao.airflow_connection(scenario.mount, short_lived))
+    scenario.kosli.reset_stats()
+
+    run = scenario.run(strategy="replace")
+
+    assert run.state == "failed"
+    assert scenario.task_states(run)["preflight"] == "failed"
+    assert scenario.kosli.stats()["total_requests"] == 0, "refused before any call to Kosli"
+    assert scenario.live_secrets() == [scenario.old_key]
+    said = caplog.text + capfd.readouterr().out  # Airflow's logging may go to either, depending on test order
+    assert "Vault token of connection 'vault_default' expires in 0.5 h" in said
