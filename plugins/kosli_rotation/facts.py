@@ -77,7 +77,7 @@ def failure_facts(
         "failed_step": step,
         "error": error,
         "phase": record.state.value,
-        "key_to_verify": roles(record)[0] if record.in_flight else "new key",
+        "key_to_verify": f"the {roles(record)[0] if record.in_flight else 'new key'}",
         "unverified_consumers": unverified,
         "old_key_dies_at": iso(dies_at),
         "hours_left": round((dies_at - time.time()) / 3600, 2) if dies_at else None,

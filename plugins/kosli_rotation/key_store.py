@@ -234,7 +234,12 @@ class KeyStore:
         return float(body["server_time_utc"])
 
     def token_seconds_left(self) -> float | None:
-        """Seconds the connection's Vault token has left; None when it never expires (or cannot tell)."""
+        """Seconds the connection's static Vault token has left; None when it never expires, or when the connection
+        logs in afresh in every task (approle, kubernetes, ...): then no token has to outlive the rotation."""
+        from airflow.providers.hashicorp.hooks.vault import VaultHook
+
+        if VaultHook(vault_conn_id=self.conn_id).vault_client.auth_type != "token":
+            return None
         data = self.client.auth.token.lookup_self()["data"]
         return float(data["ttl"]) if data.get("ttl") else None
 

@@ -95,8 +95,9 @@ class Minter:
             ) from None
         except Exception as error:
             log.critical(
-                "Kosli minted key %s (%s) but Vault %s could not be written: %s. Parking it beside the record; "
-                "if that fails too, a retry reconciles: keys of attempt #%s are revoked and a fresh key is created.",
+                "Kosli minted key %s (%s) but Vault %s could not be written: %s. Parking it beside the record. "
+                "The value is lost with this task if Vault refuses that too: a retry reconciles (keys of attempt "
+                "#%s are revoked and a fresh key is created). Until then the old key keeps working.",
                 minted.id,
                 fingerprint(minted.secret),
                 self.store.location,
@@ -124,10 +125,39 @@ class Minter:
             if key.id != record.key_id and key.created_at >= started and key.description.endswith(f"#{record.attempt})")
         ]
 
+    @staticmethod
+    def _lost_rotate_under_a_new_id(keys: list[ApiKey], record: KeyRecord) -> list[ApiKey]:
+        """A 'rotate' cannot tag what it mints: if Kosli gave the rotated key a new id, the orphan is a key with the
+        old key's label created since the intent. Revoked only when it is the one such key; with more than one (a
+        person made a key with that label meanwhile) none can be told apart, so none is revoked and all are named."""
+        if record.strategy != "rotate":
+            return []
+        old = next((key for key in keys if key.id == record.key_id), None)
+        started = (record.started_at or 0) - CLOCK_SKEW
+        candidates = [
+            key
+            for key in keys
+            if old
+            and key.id != old.id
+            and key.description == old.description
+            and key.created_at >= started
+            and not key.description.endswith(f"#{record.attempt})")
+        ]
+        if len(candidates) > 1:
+            log.warning(
+                "Keys %s all carry the label of key %s and were created since the lost rotate: one may be its "
+                "orphan, but they cannot be told apart from keys a person made, so none is revoked. Revoke the one "
+                "nobody holds by hand.",
+                [key.id for key in candidates],
+                record.key_id,
+            )
+            return []
+        return candidates
+
     def reconcile(self, record: KeyRecord, keys: list[ApiKey]) -> tuple[str, bool, str]:
         """An earlier attempt wrote its intent but stored no key. Revoke what it provably minted; return the
         strategy that finishes safely, whether that finishes a lost 'rotate', and a summary for the history."""
-        orphans = self._tagged(keys, record)
+        orphans = self._tagged(keys, record) + self._lost_rotate_under_a_new_id(keys, record)
         log.warning(
             "Run %s wrote an intent at %s (attempt #%s) but stored no key: reconciling from Kosli's key list",
             record.run_id,
@@ -139,7 +169,8 @@ class Minter:
             log.warning("Revoked key %s (created %s): its value was never stored", orphan.id, iso(orphan.created_at))
         summary = (
             f"attempt #{record.attempt} by {record.run_id} stored no key; reconciled from Kosli's key list: "
-            f"revoked {[orphan.id for orphan in orphans] or 'no orphan'} (only keys tagged #{record.attempt})"
+            f"revoked {[orphan.id for orphan in orphans] or 'no orphan'} (keys tagged #{record.attempt}, or the one "
+            "key a lost rotate left under a new id)"
         )
         if record.strategy == "rotate":
             dies = iso(record.outgoing_dies_by)

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 #: A manual run does not rotate a key that was rotated this recently, unless forced.
 MIN_MANUAL_INTERVAL = 3600.0
+#: What a rotation's steps take beyond its waits and a Vault retry, for the Vault token's remaining TTL.
+STEP_MARGIN_SECONDS = 600
 
 
 def check_due(entry: KeyEntry, identity: KeyIdentity, run: RunRequest, record: KeyRecord) -> None:
@@ -41,14 +43,18 @@ def check_due(entry: KeyEntry, identity: KeyIdentity, run: RunRequest, record: K
 
 
 def check_vault_token(entry: KeyEntry, store: KeyStore, strategy: str, grace_hours: int) -> None:
-    """The Vault token must outlive the rotation: a token that expires mid-way strands the new key."""
-    needed = entry.lock_ttl_seconds + (grace_hours * 3600 if strategy == "rotate" else entry.usage_observation_seconds)
+    """A static Vault token must outlive the rotation: one that expires mid-way strands the new key. The rotation
+    lasts the grace period ('rotate') or the observation window ('replace'), plus its steps (a Vault retry and
+    ten minutes)."""
+    waits = grace_hours * 3600 if strategy == "rotate" else entry.usage_observation_seconds
+    needed = waits + entry.vault_retry_seconds + STEP_MARGIN_SECONDS
     left = store.token_seconds_left()
     if left is not None and left < needed:
         raise InvalidRequestError(
-            f"the Vault token of connection {entry.vault_conn_id!r} expires in {left / 3600:.1f} h, before "
-            f"this rotation can finish (it needs {needed / 3600:.1f} h: the lock TTL plus the "
-            f"{'grace period' if strategy == 'rotate' else 'observation window'}): renew it or use a longer-lived one"
+            f"the Vault token of connection {entry.vault_conn_id!r} expires in {left / 60:.0f} min, before this "
+            f"rotation can finish (it needs {needed / 60:.0f} min: the "
+            f"{'grace period' if strategy == 'rotate' else 'observation window'} and the steps): renew it, or use "
+            "a longer-lived token or an auth method that logs in for every task"
         )
 
 

@@ -58,7 +58,7 @@ def test_a_vault_token_that_expires_before_the_rotation_can_finish_is_refused_in
     scenario, monkeypatch, caplog, capfd
 ):
     """A token that dies mid-rotation would strand the new key: preflight refuses it, naming the connection."""
-    short_lived = scenario.vault().auth.token.create(ttl="30m", renewable=False)["auth"]["client_token"]
+    short_lived = scenario.vault().auth.token.create(ttl="15m", renewable=False)["auth"]["client_token"]
     monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", scenario.bao.airflow_connection(scenario.mount, short_lived))
     scenario.kosli.reset_stats()
 
@@ -69,4 +69,4 @@ def test_a_vault_token_that_expires_before_the_rotation_can_finish_is_refused_in
     assert scenario.kosli.stats()["total_requests"] == 0, "refused before any call to Kosli"
     assert scenario.live_secrets() == [scenario.old_key]
     said = caplog.text + capfd.readouterr().out  # Airflow's logging may go to either, depending on test order
-    assert "Vault token of connection 'vault_default' expires in 0.5 h" in said
+    assert "Vault token of connection 'vault_default' expires in 15 min, before this rotation can finish" in said

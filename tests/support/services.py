@@ -68,8 +68,21 @@ class OpenBao:
     def new_kv_mount(self) -> str:
         """A fresh KV v2 mount, so each test starts from an empty store."""
         mount = f"kv-{uuid.uuid4().hex[:10]}"
-        self.client().sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
-        return mount
+        client = self.client()
+        client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
+        # A new KV v2 mount upgrades itself in the background and refuses writes until then ("Upgrading from
+        # non-versioned to versioned data"): usually milliseconds, longer on a busy machine. Wait for it.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.secrets.kv.v2.read_configuration(mount_point=mount)
+                client.secrets.kv.v2.create_or_update_secret(path="ready", secret={"ok": "1"}, mount_point=mount)
+                client.secrets.kv.v2.delete_metadata_and_all_versions(path="ready", mount_point=mount)
+                return mount
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def airflow_connection(self, mount: str, token: str | None = None) -> str:
         """The ``AIRFLOW_CONN_VAULT_DEFAULT`` value a user would write for this server."""
