@@ -149,7 +149,18 @@ class KeyRecord(BaseModel):
         return renewed if self.lock_owner == owner else renewed.noted(f"{owner} took over at phase {self.state.value}")
 
     def intent(
-        self, owner: str, *, run_id: str, strategy: Strategy, key_id: str, attempt: str, grace_hours: int, until: float
+        self,
+        owner: str,
+        *,
+        run_id: str,
+        reason: str,
+        by: str,
+        strategy: Strategy,
+        key_id: str,
+        attempt: str,
+        grace_hours: int,
+        until: float,
+        finishes_lost_rotate: bool = False,
     ) -> KeyRecord:
         """IDLE or ROTATING -> ROTATING: about to ask Kosli for a key, under a fresh fencing token. A deadline
         left by a lost 'rotate' of the same key id still holds."""
@@ -166,7 +177,10 @@ class KeyRecord(BaseModel):
                     "operation": "rotation",
                     "key_id": key_id,
                     "run_id": run_id,
+                    "reason": reason,
+                    "triggered_by": by,
                     "strategy": strategy,
+                    "finishes_lost_rotate": finishes_lost_rotate,
                     "started_at": now,
                     "attempt": attempt,
                     "grace_hours": grace_hours if strategy == "rotate" else None,

@@ -187,14 +187,14 @@ class Rotation:
         intent = (record.noted(reconciled) if reconciled else record).intent(
             self.owner(run),
             run_id=run.run_id,
+            reason=run.reason,
+            by=run.triggered_by,
             strategy=strategy,  # type: ignore[arg-type]
             key_id=key_id,
             attempt=token_source.token_hex(4),
             grace_hours=run.grace_hours,
             until=now + self.entry.lock_ttl_seconds,
-        )
-        intent = intent.model_copy(
-            update={"reason": run.reason, "triggered_by": run.triggered_by, "finishes_lost_rotate": lost_rotate}
+            finishes_lost_rotate=lost_rotate,
         )
         try:
             snapshot = self.store.save(intent, snapshot.version)
