@@ -351,6 +351,16 @@ def _a_run_held_in_fan_out(scenario, tmp_path, a_connection, held_write):
     return a, f"{scenario.dag_id}/{record['run_id']}", record
 
 
+def _a_finishes_alone(scenario, a, held_write) -> None:
+    """Once its held write goes through, A (the lock's owner all along) finishes the rotation by itself: one live key,
+    held by Vault and both consumers."""
+    held_write.release(run_handler=True)
+    assert a.wait(240) == 0, a.tail()
+    key = scenario.vault_record()["key"]
+    assert scenario.live_secrets() == [key]
+    assert scenario.consumer_values() == {"reporter-vault": key, "release-cli": key}
+
+
 def test_a_step_longer_than_the_lock_keeps_its_lock(scenario, slow_reporter_for_a, tmp_path, caplog, capfd):
     """A's fan-out takes longer than lock_ttl_seconds; a run started meanwhile must be refused, naming A, rather
     than take over a rotation whose owner is alive and writing."""
@@ -374,16 +384,11 @@ def test_a_step_longer_than_the_lock_keeps_its_lock(scenario, slow_reporter_for_
         said = caplog.text + capfd.readouterr().out  # Airflow's logging may go to either, depending on test order
         assert a_owner in said, "B's refusal names the owner of the rotation"
         assert (scenario.vault_record()["key"], scenario.live_secrets()) == before, "B changed nothing"
-        held_write.release(run_handler=True)
-        assert a.wait(240) == 0, a.tail()
+        _a_finishes_alone(scenario, a, held_write)
     finally:
         held_write.release(run_handler=True)
         if a.alive:
             a.kill()
-
-    key = scenario.vault_record()["key"]
-    assert scenario.live_secrets() == [key]
-    assert scenario.consumer_values() == {"reporter-vault": key, "release-cli": key}
     assert scenario.probe(scenario.old_key) == 401
 
 
@@ -413,13 +418,8 @@ def test_a_worker_whose_clock_is_ahead_does_not_take_over_a_live_lock(scenario, 
         assert b.says(a_owner), f"B's refusal names the owner of the rotation:\n{b.tail()}"
         assert (scenario.vault_record()["key"], scenario.live_secrets()) == before, "B changed nothing"
         assert scenario.consumer_values() == consumers_before, "B wrote nothing"
-        held_write.release(run_handler=True)
-        assert a.wait(240) == 0, a.tail()
+        _a_finishes_alone(scenario, a, held_write)
     finally:
         held_write.release(run_handler=True)
         if a.alive:
             a.kill()
-
-    key = scenario.vault_record()["key"]
-    assert scenario.live_secrets() == [key]
-    assert scenario.consumer_values() == {"reporter-vault": key, "release-cli": key}
