@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 
+from kosli_rotation.scrub import hold_secret
+
+__all__ = ["digest", "fingerprint", "hold_secret", "short"]
+
 PREFIX = "sha256:"
 #: Hex digits of the display form.
 SHORT_HEX = 12
@@ -44,11 +48,3 @@ def fingerprint(secret: str) -> str:
     secrets by it: compare ``digest`` values.
     """
     return short(digest(secret))
-
-
-def hold_secret(secret: str) -> str:
-    """Register ``secret`` with Airflow's log masker the moment it exists, and return it."""
-    from airflow.sdk.log import mask_secret
-
-    mask_secret(secret)
-    return secret
