@@ -5,10 +5,17 @@ The Airflow connection (default ``kosli_default``) has the Kosli base URL as hos
 key that manages service-account keys as password. Reads and revocations are retried with backoff
 (honouring ``Retry-After``); a POST that mints a key is never retried after it may have reached
 Kosli, because a second POST could mint a second key and lose the first.
+
+Auth cannot be swapped: every request carries exactly one ``Bearer`` key, set as the request's own auth, so
+neither a login on the connection (``HttpHook`` would set basic auth) nor a ``~/.netrc`` entry for the host
+(requests applies it when no auth is set, and again on every redirect) can replace it; redirects are not
+followed. ``probe`` needs the key under test and never falls back to the admin key. Org, service-account and
+key ids are refused when they hold ``/``, ``..`` or control characters, and URL-quoted.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -92,6 +99,31 @@ def error_message(response: requests.Response) -> str:
     return str(body)[:300]
 
 
+class _Bearer(requests.auth.AuthBase):
+    """The one Authorization header a request carries; requests applies it after every other source."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_Bearer(***)"
+
+
+def checked_id(what: str, value: object) -> str:
+    """``value`` as one path segment, or ``InvalidRequestError`` naming ``what`` (org, service account, key id)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequestError(f"Kosli {what} must be a non-empty string, got {value!r}")
+    if "/" in value or ".." in value or value == ".":
+        raise InvalidRequestError(f"Kosli {what} {value!r} may not contain '/' or '..'")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in value):
+        raise InvalidRequestError(f"Kosli {what} {value!r} may not contain control characters")
+    return value
+
+
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, KosliApiError):
         return error.status == 429 or (error.status >= 500 and error.status != 501)
@@ -114,6 +146,10 @@ class KosliHook(HttpHook):
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def _extract_auth(self, connection: Any) -> None:
+        """Never the connection's login: each request sets its own bearer (see ``_send_once``)."""
+        return None
+
     def admin_key(self) -> str:
         if self._admin_key is None:
             try:
@@ -132,26 +168,27 @@ class KosliHook(HttpHook):
             self._admin_key = hold_secret(connection.password)
         return self._admin_key
 
-    def _endpoint(self, *parts: str) -> str:
+    def _endpoint(self, *segments: str | tuple[str, str]) -> str:
+        """``api/v2/`` and the segments, URL-quoted: fixed words, and ``(field, id)`` pairs checked first."""
         if not self._base_url_initialized:
             self._set_base_url(self.get_connection(self.http_conn_id))
         prefix = "" if self.base_url.rstrip("/").endswith("/api/v2") else "api/v2/"
-        return prefix + "/".join(quote(part, safe="") for part in parts)
+        words = [checked_id(*segment) if isinstance(segment, tuple) else segment for segment in segments]
+        return prefix + "/".join(quote(word, safe="") for word in words)
 
-    def _send_once(
-        self, method: str, endpoint: str, *, json: dict[str, Any] | None, token: str | None
-    ) -> requests.Response:
+    def _keys_endpoint(self, org: str, service_account: str, *rest: str | tuple[str, str]) -> str:
+        account = ("org", org), ("service account", service_account)
+        return self._endpoint("service-accounts", *account, "api-keys", *rest)
+
+    def _send_once(self, method: str, endpoint: str, *, json: dict[str, Any] | None, token: str) -> requests.Response:
         self.method = method
-        headers = {
-            "Authorization": f"Bearer {token or self.admin_key()}",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         return self.run(
             endpoint=endpoint,
             json=json,
             headers=headers,
-            extra_options={"check_response": False, "timeout": self.timeout},
+            auth=_Bearer(token),
+            extra_options={"check_response": False, "timeout": self.timeout, "allow_redirects": False},
         )
 
     def _call(
@@ -166,8 +203,10 @@ class KosliHook(HttpHook):
     ) -> requests.Response:
         """One logical call. Transient failures are retried, except where a retry could mint twice."""
 
+        bearer = self.admin_key() if token is None else token
+
         def attempt() -> requests.Response:
-            response = self._send_once(method, endpoint, json=json, token=token)
+            response = self._send_once(method, endpoint, json=json, token=bearer)
             if response.status_code in accept:
                 return response
             error = KosliApiError(response.status_code, error_message(response), method, "/" + endpoint)
@@ -210,32 +249,38 @@ class KosliHook(HttpHook):
 
     def list_keys(self, org: str, service_account: str) -> list[ApiKey]:
         """Every active key of the service account (metadata only)."""
-        response = self._call("GET", self._endpoint("service-accounts", org, service_account, "api-keys"))
+        endpoint = self._keys_endpoint(org, service_account)
+        response = self._call("GET", endpoint)
         return [ApiKey.from_json(item) for item in response.json()]
 
     def get_key(self, org: str, service_account: str, key_id: str) -> ApiKey:
-        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys", key_id)
+        endpoint = self._keys_endpoint(org, service_account, ("key id", key_id))
         return ApiKey.from_json(self._call("GET", endpoint).json())
 
     def create_key(self, org: str, service_account: str, *, description: str) -> MintedKey:
         """POST a new key. Not retried once it may have reached Kosli (see ``KosliOutcomeUnknown``)."""
-        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys")
+        endpoint = self._keys_endpoint(org, service_account)
         response = self._call("POST", endpoint, json={"description": description}, mints_a_key=True)
         return MintedKey.from_json(response.json())
 
     def rotate_key(self, org: str, service_account: str, key_id: str, *, grace_period_hours: int) -> MintedKey:
         """POST rotate: a new secret now, the old one valid for the grace period. Never retried blindly."""
-        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys", key_id, "rotate")
+        endpoint = self._keys_endpoint(org, service_account, ("key id", key_id), "rotate")
         response = self._call("POST", endpoint, json={"grace_period_hours": grace_period_hours}, mints_a_key=True)
         return MintedKey.from_json(response.json())
 
     def revoke_key(self, org: str, service_account: str, key_id: str) -> bool:
         """DELETE a key id. Returns False when Kosli says it is already gone (404), which is fine."""
-        endpoint = self._endpoint("service-accounts", org, service_account, "api-keys", key_id)
+        endpoint = self._keys_endpoint(org, service_account, ("key id", key_id))
         response = self._call("DELETE", endpoint, accept=(200, 204, 404))
         return response.status_code != 404
 
     def probe(self, org: str, key: str) -> int:
-        """HTTP status Kosli gives ``key`` on ``GET /api/v2/environments/{org}``: 200, 401 or 403."""
-        response = self._call("GET", self._endpoint("environments", org), token=key, accept=(200, 401, 403))
+        """HTTP status Kosli gives ``key`` on ``GET /api/v2/environments/{org}``: 200, 401 or 403.
+
+        Only ever with ``key`` as the bearer: without it the probe is refused, never sent with the admin key.
+        """
+        if not isinstance(key, str) or not key:
+            raise InvalidRequestError("a probe needs the key to probe; it never falls back to the admin key")
+        response = self._call("GET", self._endpoint("environments", ("org", org)), token=key, accept=(200, 401, 403))
         return response.status_code

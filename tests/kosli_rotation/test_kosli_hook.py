@@ -162,3 +162,106 @@ def test_the_secret_is_read_from_key_or_from_the_tutorials_api_key_field():
     assert MintedKey.from_json({**body, "api_key": "t" * 43}).secret == "t" * 43
     with pytest.raises(KosliOutcomeUnknown, match="without a key id or value"):
         MintedKey.from_json(body)
+
+
+# -- auth that cannot be swapped, ids that cannot escape their path -----------------------------------------
+
+
+def authorizations_seen(sandbox, path: str = "/environments/") -> list[str | None]:
+    """Record the Authorization header of every request to ``path`` (the rule matches nothing)."""
+    seen: list[str | None] = []
+    sandbox.faults.add(path, delay=0, times=0, when=lambda request: seen.append(request.headers.get("Authorization")))
+    return seen
+
+
+def dead_key(hook: KosliHook, kosli) -> str:
+    _, (key_id, secret) = kosli
+    hook.revoke_key(ORG, SERVICE_ACCOUNT, key_id)
+    return secret
+
+
+def test_a_connection_login_cannot_replace_the_key_under_test(kosli, monkeypatch):
+    sandbox, _ = kosli
+    secret = dead_key(KosliHook(), kosli)
+    admin = json.loads(__import__("os").environ["AIRFLOW_CONN_KOSLI_DEFAULT"])["password"]
+    connection = {"conn_type": "http", "host": sandbox.url, "login": admin, "password": admin}
+    monkeypatch.setenv("AIRFLOW_CONN_KOSLI_DEFAULT", json.dumps(connection))
+    seen = authorizations_seen(sandbox)
+
+    assert KosliHook().probe(ORG, secret) == 401, "the probe must test the dead key, not the connection's login"
+    assert seen == [f"Bearer {secret}"]
+
+
+@pytest.fixture
+def admin_in_netrc(kosli, monkeypatch, tmp_path):
+    """A HOME whose ~/.netrc (also named by NETRC) holds the admin key for the sandbox's host."""
+    sandbox, _ = kosli
+    admin = json.loads(__import__("os").environ["AIRFLOW_CONN_KOSLI_DEFAULT"])["password"]
+    host = sandbox.url.split("://", 1)[1].rsplit(":", 1)[0]
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine {host}\n  login {admin}\n  password unused\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    return admin
+
+
+def test_a_netrc_entry_cannot_replace_the_key_under_test(kosli, admin_in_netrc):
+    sandbox, _ = kosli
+    hook = KosliHook()
+    secret = dead_key(hook, kosli)
+    seen = authorizations_seen(sandbox)
+
+    assert hook.probe(ORG, secret) == 401, "the probe must test the dead key, not the netrc entry"
+    assert seen == [f"Bearer {secret}"]
+    assert [key.description for key in hook.list_keys(ORG, SERVICE_ACCOUNT)] == [], "admin calls use the admin key"
+
+
+def test_a_redirect_is_not_followed_with_other_credentials(kosli, admin_in_netrc):
+    sandbox, _ = kosli
+    hook = KosliHook()
+    secret = dead_key(hook, kosli)
+    target = f"{sandbox.url}/api/v2/environments/{ORG}?again=1"
+    sandbox.faults.add(f"/environments/{ORG}$", status=307, headers={"Location": target}, body="", times=1)
+
+    with pytest.raises(KosliApiError) as error:
+        hook.probe(ORG, secret)
+    assert error.value.status == 307, "a redirect is an answer to report, never followed with netrc credentials"
+
+
+@pytest.mark.parametrize("key", ["", None])
+def test_a_probe_without_the_key_under_test_is_refused(kosli, key):
+    sandbox, _ = kosli
+    sandbox.reset_stats()
+    with pytest.raises(InvalidRequestError, match="the key to probe"):
+        KosliHook().probe(ORG, key)
+    assert sandbox.stats()["total_requests"] == 0, "it never falls back to the connection's admin key"
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda hook: hook.list_keys("..", SERVICE_ACCOUNT), "org"),
+        (lambda hook: hook.list_keys(ORG, "ci/../admin-bot"), "service account"),
+        (lambda hook: hook.get_key(ORG, SERVICE_ACCOUNT, ".."), "key id"),
+        (lambda hook: hook.revoke_key(ORG, SERVICE_ACCOUNT, "a/b"), "key id"),
+        (lambda hook: hook.rotate_key(ORG, SERVICE_ACCOUNT, "k\r\nX: y", grace_period_hours=1), "key id"),
+        (lambda hook: hook.create_key(ORG, "ci\x00bot", description="x"), "service account"),
+        (lambda hook: hook.probe("acme\n", "some-key"), "org"),
+        (lambda hook: hook.probe("", "some-key"), "org"),
+    ],
+    ids=["org-dotdot", "sa-slash", "key-dotdot", "key-slash", "key-crlf", "sa-nul", "org-newline", "org-empty"],
+)
+def test_ids_that_could_leave_their_path_are_refused_before_any_call(kosli, call, field):
+    sandbox, _ = kosli
+    sandbox.reset_stats()
+    with pytest.raises(InvalidRequestError, match=f"Kosli {field} "):
+        call(KosliHook())
+    assert sandbox.stats()["total_requests"] == 0
+
+
+def test_ids_are_url_quoted(kosli, hook):
+    with pytest.raises(KosliApiError) as error:
+        hook.get_key(ORG, SERVICE_ACCOUNT, "k y%?#")
+    assert error.value.status == 404
+    assert error.value.path.endswith("/api-keys/k%20y%25%3F%23")
