@@ -21,6 +21,7 @@ from kosli_rotation.errors import ConcurrentWriteError, FenceLost, InvalidReques
 from kosli_rotation.fingerprints import hold_secret
 from kosli_rotation.record import MANAGED_BY, KeyRecord, Phase, iso
 from kosli_rotation.retrying import backoff_delay, call_with_retries
+from kosli_rotation.scrub import scrub_data
 
 if TYPE_CHECKING:
     import hvac
@@ -56,13 +57,20 @@ class Snapshot:
     version: int
 
 
+#: The record's fields that hold a key (stored as they are; everything else is scrubbed).
+RECORD_SECRETS = frozenset({"key", "previous_key"})
+
+
 def open_vault(conn_id: str) -> tuple[hvac.Client, str]:
     """An authenticated hvac client and the KV v2 mount named by an Airflow Vault connection."""
     from airflow.providers.hashicorp.hooks.vault import VaultHook
 
     try:
         hook = VaultHook(vault_conn_id=conn_id)
-        return hook.get_conn(), hook.vault_client.mount_point
+        client = hook.get_conn()
+        if isinstance(client.token, str):
+            hold_secret(client.token)
+        return client, hook.vault_client.mount_point
     except Exception as error:
         if type(error).__name__ == "AirflowNotFoundException":
             raise InvalidRequestError(
@@ -160,7 +168,8 @@ class KeyStore:
         """Write ``record`` only if the record is still at ``version``; return the new snapshot."""
         import hvac.exceptions
 
-        data = record.to_vault()
+        # Every field but the two keys is text a person (or a remote, through an error) wrote: scrub it.
+        data = {name: v if name in RECORD_SECRETS else scrub_data(v) for name, v in record.to_vault().items()}
 
         def write() -> dict[str, Any]:
             return self._kv().create_or_update_secret(path=self.path, secret=data, cas=version, mount_point=self.mount)
@@ -303,7 +312,8 @@ class KeyStore:
         """Best effort: the summary helps humans, but the data written just before is what counts."""
         try:
             self.client.adapter.post(
-                f"/v1/{self.mount}/metadata/{self.path}", json={"custom_metadata": record.summary(time.time())}
+                f"/v1/{self.mount}/metadata/{self.path}",
+                json={"custom_metadata": scrub_data(record.summary(time.time()))},
             )
         except Exception as error:  # the record itself is already safe
             log.warning("could not update metadata of %s: %s", self.location, type(error).__name__)
@@ -313,14 +323,24 @@ class KeyStore:
         response = self._kv().read_secret_metadata(path=self.path, mount_point=self.mount)
         return dict(response["data"].get("custom_metadata") or {})
 
-    def write_note(self, relative: str, data: dict[str, Any]) -> str:
-        """Write a non-secret document next to the record (audit entries, consumer status), of any size."""
-        path, packed = f"{self.path}/{relative}", pack_note(data)
-        call_with_retries(
-            lambda: self._kv().create_or_update_secret(path=path, secret=packed, mount_point=self.mount),
-            delay_for=_vault_delay,
-            what=f"writing Vault {self.mount}/{path}",
-        )
+    def write_note(self, relative: str, data: dict[str, Any], *, once: bool = False) -> str:
+        """Write a non-secret document (scrubbed) next to the record, of any size: consumer status, or with
+        ``once`` a write-once audit entry (check-and-set 0: an entry that exists is kept as it is)."""
+        import hvac.exceptions
+
+        path, packed = f"{self.path}/{relative}", pack_note(scrub_data(data))
+        try:
+            call_with_retries(
+                lambda: self._kv().create_or_update_secret(
+                    path=path, secret=packed, mount_point=self.mount, **({"cas": 0} if once else {})
+                ),
+                delay_for=_vault_delay,
+                what=f"writing Vault {self.mount}/{path}",
+            )
+        except hvac.exceptions.InvalidRequest as error:
+            if not (once and "check-and-set" in str(error)):
+                raise KeyStoreError(f"Vault refused the write to {self.mount}/{path}") from None
+            log.info("%s/%s was written before (write-once): kept as it is", self.mount, path)
         return f"{self.mount}/{path}"
 
     def read_note(self, relative: str) -> dict[str, Any] | None:

@@ -11,11 +11,14 @@ Configured per inventory entry (``notify:``). Two kinds of notice share one way 
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from kosli_rotation.scrub import one_line, scrub, scrub_data
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +84,29 @@ def staleness_summary(facts: dict[str, Any]) -> tuple[str, str]:
     return subject, "\n".join(lines)
 
 
+def _literal(notifier_class: type) -> type:
+    """``notifier_class`` with no templated field: what a notice carries is data, never a template (a remote's
+    ``{{ conn.x.password }}`` must arrive as those characters, not as the password)."""
+    return type(f"Literal{notifier_class.__name__}", (notifier_class,), {"template_fields": ()})
+
+
 def _notifier(target: EmailTarget | WebhookTarget, subject: str, body: str, payload: dict[str, Any]) -> Any:
-    # Jinja renders notifier fields: keep the notice literal.
-    raw = lambda text: "{% raw %}" + text + "{% endraw %}"  # noqa: E731
     if isinstance(target, EmailTarget):
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        return SmtpNotifier(
+        return _literal(SmtpNotifier)(
             to=target.to,
             from_email=target.from_email,
-            subject=raw(subject),
-            html_content=raw(f"<pre>{body}</pre>"),
+            subject=subject,
+            html_content=f"<pre>{html.escape(body)}</pre>",
             smtp_conn_id=target.conn_id,
         )
     from airflow.providers.http.notifications.http import HttpNotifier
 
-    return HttpNotifier(
+    return _literal(HttpNotifier)(
         http_conn_id=target.conn_id,
         endpoint=target.endpoint,
-        data=raw(json.dumps({"summary": subject, **payload})),
+        data=json.dumps({"summary": subject, **payload}),
         headers={"Content-Type": "application/json"},
     )
 
@@ -115,7 +122,8 @@ def send_notice(
 ) -> None:
     """Send one notice to every target: an e-mail with ``subject`` and ``body``, a webhook with ``payload``
     (JSON, plus ``summary``: the subject). One failing target never stops the others, and never raises: a
-    notice must not mask what it announces."""
+    notice must not mask what it announces. Everything sent passes the scrubber first."""
+    subject, body, payload = one_line(subject, limit=300), scrub(body, limit=8000), scrub_data(payload)
     for target in targets:
         try:
             _notifier(target, subject, body, payload)(context)

@@ -51,6 +51,7 @@ from kosli_rotation.preflight_checks import check_current_key, check_due, check_
 from kosli_rotation.record import AFTER_STORE, KeyRecord, Phase, iso
 from kosli_rotation.revocation import Revocation
 from kosli_rotation.run_request import RunRequest
+from kosli_rotation.scrub import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ class Rotation:
         )
         if record.is_rollback:
             audit["restored_key"]["stored_at"] = iso(rotated_at)
-        audit_path = self.store.write_note(audit_name(record), audit)
+        audit_path = self.store.write_note(audit_name(record), audit, once=True)
         kept_age = rotated_at if record.is_rollback else record.rotated_at
         self.store.update_fenced(
             record.attempt,
@@ -369,7 +370,7 @@ class Rotation:
         holding another operation is left alone (a refused rollback changes nothing)."""
         record = self.store.load().record
         owner = self.owner(run_id)
-        message = str(error or "unknown error")[:500]
+        message = describe_error(error)
         unverified = list(self.engine.unproven(record, run_id)) if record.state == Phase.STORED else []
         facts = failure_facts(
             record,

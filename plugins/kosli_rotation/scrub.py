@@ -129,6 +129,11 @@ def scrub_data(value: Any, *, limit: int = DEFAULT_LIMIT) -> Any:
     return value
 
 
+def one_line(text: Any, *, limit: int = DEFAULT_LIMIT) -> str:
+    """``scrub(text)`` on one line: a remote's newlines cannot forge lines of a notice or a log."""
+    return " ".join(scrub(text, limit=limit).split())
+
+
 def describe_error(error: BaseException | None, *, limit: int = 500) -> str:
-    """What an exception says, fit for any sink."""
-    return scrub(str(error) if error is not None else "unknown error", limit=limit)
+    """What an exception says, on one line, fit for any sink."""
+    return one_line(str(error) if error is not None else "unknown error", limit=limit)

@@ -36,6 +36,7 @@ from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.key_store import MANAGED_BY, KeyStore, Phase
 from kosli_rotation.kosli_hook import KosliHook
 from kosli_rotation.rotation import LOCK_TTL
+from kosli_rotation.scrub import one_line
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ class Finding:
     """One thing the check established about a key: a ``problem`` to announce, or a note of what is fine."""
 
     check: str  # "record", "age", "state" or "consumer <name>"
-    message: str
+    message: str  # scrubbed: it may quote a remote's error, and goes to the log, XCom and notices
     problem: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", one_line(self.message))
 
 
 @dataclass(frozen=True)

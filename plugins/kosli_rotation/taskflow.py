@@ -19,6 +19,7 @@ from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
 from kosli_rotation.notifications import notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
+from kosli_rotation.scrub import describe_error, scrub, scrub_data
 from kosli_rotation.sensors import WaitForGraceEnd
 
 log = logging.getLogger(__name__)
@@ -168,15 +169,22 @@ def chosen_consumers(entry: KeyEntry, chosen: Any) -> frozenset[str] | None:
 
 @contextmanager
 def airflow_outcome() -> Iterator[None]:
-    """Map the library's signals to Airflow's: skip, fail without retry, or fail and retry."""
+    """Map the library's signals to Airflow's: skip, fail without retry, or fail and retry. What an error says
+    passes the scrubber first: Airflow stores and shows it (the log, the failure callback, the notices)."""
     try:
         yield
     except RunNotNeeded as reason:
-        raise AirflowSkipException(str(reason)) from None
+        raise AirflowSkipException(scrub(str(reason))) from None
     except RotationError as error:
-        if error.retryable:
-            raise
-        raise AirflowFailException(str(error)) from None
+        if not error.retryable:
+            raise AirflowFailException(describe_error(error)) from None
+        error.args = (describe_error(error),)
+        raise
+    except (AirflowSkipException, AirflowFailException):
+        raise
+    except Exception as error:
+        unexpected = RotationError(f"{type(error).__name__}: {describe_error(error)}")
+        raise unexpected.with_traceback(error.__traceback__) from None
 
 
 class StepOwner(Protocol):
@@ -202,7 +210,7 @@ def step(method: StepMethod, **task_kwargs: Any) -> Any:
     def run_step() -> dict[str, Any]:
         context = get_current_context()
         with airflow_outcome(), journal(method, context, method.__name__):
-            return method(run_request(entry, context))
+            return scrub_data(method(run_request(entry, context)))
 
     return run_step()
 
@@ -227,7 +235,7 @@ def for_each_consumer_batch(*methods: ConsumerStepMethod, **task_kwargs: Any) ->
             context = get_current_context()
             context["consumer_batch"] = ", ".join(batch)  # type: ignore[typeddict-unknown-key]
             with airflow_outcome(), journal(method, context, f"{method.__name__}[{', '.join(batch)}]"):
-                return method(batch, run_request(entry, context))
+                return scrub_data(method(batch, run_request(entry, context)))
 
         return run_step
 

@@ -1,0 +1,73 @@
+"""Remotes that answer with hostile text: template syntax, HTML and secret-shaped strings in their error bodies.
+
+Remote text is data. The failure notice must still go out, say what broke in words a person can read (the hostile
+text shown literally, HTML escaped), and carry no secret: not the Kosli admin key, not the Vault token, not the old or
+the new key, not a consumer's credentials, even when the remote reflects them back (a proxy sees the headers).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+import pytest
+
+from sandbox.secret_scan import find_secrets_in_text
+from tests.support.sinks import body
+
+pytestmark = pytest.mark.e2e
+
+#: Jinja that would read connections if a notifier rendered it, HTML, and a token of a well-known shape.
+TEMPLATE = "{% endraw %}{{ conn.kosli_default.password }}|{{ conn.vault_default.password }}{% raw %}"
+MARKUP = "<script>alert('kosli')</script>"
+TOKEN_SHAPED = "ghp_" + "Z" * 36
+
+
+def hostile_body(*reflected: str) -> str:
+    """An error page as a hostile proxy would write it, reflecting what it saw in the request."""
+    return f"upstream said: {TEMPLATE} {MARKUP} token={TOKEN_SHAPED} " + " ".join(
+        f"Authorization: Bearer {secret}" for secret in reflected
+    )
+
+
+def notify_by_mail_and_webhook(scenario) -> None:
+    scenario.write_inventory(
+        notify=[
+            {"kind": "email", "to": ["security@acme.example"]},
+            {"kind": "webhook", "conn_id": "rotation_webhook", "endpoint": "/hooks/kosli"},
+        ]
+    )
+
+
+def the_notices(mailbox, webhook) -> tuple[str, str, dict]:
+    (mail,) = mailbox.messages
+    (event,) = webhook.received
+    return mail["Subject"], body(mail), event
+
+
+def assert_no_secret(secrets: list[str], *texts: str) -> None:
+    for text in texts:
+        assert not find_secrets_in_text(text, secrets), "a secret reached a notice"
+    assert TOKEN_SHAPED not in "".join(texts), "a token-shaped string reached a notice"
+
+
+def test_a_kosli_host_answering_every_call_with_a_hostile_body_still_gets_a_clean_notice_out(
+    scenario, openbao, mailbox, webhook
+):
+    notify_by_mail_and_webhook(scenario)
+    scenario.kosli.faults.add("", status=502, body=hostile_body(scenario.admin_key), times=0)
+
+    run = scenario.run()
+
+    assert run.state == "failed"
+    subject, mail_body, event = the_notices(mailbox, webhook)
+    secrets = [scenario.admin_key, openbao.token, scenario.old_key]
+    assert_no_secret(secrets, subject, mail_body, json.dumps(event))
+    assert subject == "Kosli key rotation failed: acme/ci-bot at preflight"
+    assert "Failed step: preflight" in mail_body
+    # The remote's text is shown as it came, never executed: the template literally, the markup escaped.
+    assert "{{ conn.kosli_default.password }}" in mail_body
+    assert html.escape(MARKUP) in mail_body and MARKUP not in mail_body
+    assert "{{ conn.kosli_default.password }}" in event["error"]
+    assert event["failed_step"] == "preflight"
+    assert scenario.live_secrets() == [scenario.old_key], "nothing changed in Kosli"
