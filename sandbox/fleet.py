@@ -193,6 +193,7 @@ class ConsumerFleet:
             "port": port,
             "login": ROTATOR,
             "password": token,
+            "extra": {"use_https": False},  # the sandbox serves plain HTTP; Jenkins connections default to HTTPS
         }
 
     def _start_circleci(self) -> None:

@@ -22,6 +22,7 @@ from kosli_rotation.consumers.jenkins_credential import (
     JenkinsCredentialConsumer,
 )
 from kosli_rotation.errors import ConsumerError
+from kosli_rotation.scrub import scrub
 from sandbox.jenkins import JenkinsSandbox
 from sandbox.kosli import KosliSandbox
 
@@ -46,8 +47,10 @@ class World:
         self.connect("rotator", self.token)
 
     def connect(self, login: str, password: str, **fields: Any) -> None:
+        """The sandbox serves plain HTTP, so the connection says so (``use_https`` false; https is the default)."""
         port = int(self.jenkins.url.rsplit(":", 1)[1])
         connection = {"conn_type": "jenkins", "host": "127.0.0.1", "port": port, "login": login, "password": password}
+        connection["extra"] = {"use_https": False}
         self.monkeypatch.setenv("AIRFLOW_CONN_JENKINS_DEFAULT", json.dumps(connection | fields))
 
     def consumer(self, **config: Any) -> JenkinsCredentialConsumer:
@@ -321,6 +324,28 @@ def test_connection_without_port_is_explained(world: World) -> None:
     with pytest.raises(ConsumerError, match="needs port") as raised:
         world.consumer().check_access()
     assert raised.value.retryable is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "scheme"),
+    [
+        (None, "https"),
+        ({}, "https"),
+        ({"use_https": True}, "https"),
+        ({"use_https": "true"}, "https"),
+        ({"use_https": False}, "http"),
+        ({"use_https": "false"}, "http"),
+    ],
+)
+def test_https_unless_the_connection_says_http(world: World, extra: Any, scheme: str) -> None:
+    world.connect("rotator", world.token, extra=extra)
+    consumer = world.consumer()
+    assert consumer._server().server.startswith(f"{scheme}://127.0.0.1:")
+
+
+def test_the_api_token_is_held_for_the_masker_and_the_scrubber(world: World) -> None:
+    world.consumer().check_access()
+    assert world.token not in scrub(f"token {world.token} end")
 
 
 def test_missing_connection_is_explained(world: World) -> None:

@@ -1,10 +1,11 @@
 """A Jenkins "Secret text" credential that jobs bind with ``withCredentials``, updated in place.
 
-Through the Jenkins provider's ``JenkinsHook`` (connection type ``jenkins``: host without scheme, port, schema =
-context path such as ``jenkins``, extra ``{"use_https": true}``, login = user, password = that user's API token),
-which hands out a python-jenkins ``Jenkins`` client. Every request goes through the client's
-``jenkins_request``, so its basic auth and its CSRF crumb handling (fetched once from ``/crumbIssuer/api/json``
-on a cookie session, then sent on every request) are what real users run.
+Through a python-jenkins ``Jenkins`` client on the Jenkins provider's connection (type ``jenkins``: host without
+scheme, port, schema = context path such as ``jenkins``, login = user, password = that user's API token).
+HTTPS is the default: only extra ``{"use_https": false}`` selects plain HTTP (the provider's ``JenkinsHook``
+defaults to HTTP, so the client is built here, with the hook's URL layout). Every request goes through the
+client's ``jenkins_request``, so its basic auth and its CSRF crumb handling (fetched once from
+``/crumbIssuer/api/json`` on a cookie session, then sent on every request) are what real users run.
 
 python-jenkins' credential helpers only address folder stores, and they turn any failure (a 503 from a proxy
 included) into "does not exist" while adding lookups of their own. So both stores are addressed by URL, in the
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.errors import ConsumerError
+from kosli_rotation.fingerprints import hold_secret
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,11 @@ class JenkinsCredentialConfig(ConsumerConfig):
         return domain
 
 
+def _says_http(use_https: Any) -> bool:
+    """Whether the connection's ``use_https`` explicitly turns HTTPS off (false, "false", 0, "no", "off")."""
+    return use_https is False or str(use_https).strip().lower() in ("false", "0", "no", "off")
+
+
 def _http_response(error: BaseException | None) -> Any:
     """The ``requests.Response`` behind an error, looking through python-jenkins' wrapping exceptions."""
     for _ in range(5):
@@ -192,7 +199,7 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
     # -- plumbing -------------------------------------------------------------------------------
 
     def _server(self) -> Any:
-        """The python-jenkins client of the connection, checked first: the hook cannot build a URL without a port."""
+        """The python-jenkins client of the connection (checked first: no URL without a port), HTTPS by default."""
         if self._jenkins is None:
             from airflow.providers.jenkins.hooks.jenkins import JenkinsHook
 
@@ -210,7 +217,7 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
                 problem
                 for problem, missing in (
                     ("host (without http:// or https://)", not connection.host or "://" in connection.host),
-                    ("port (JenkinsHook builds http[s]://host:port[/schema])", not connection.port),
+                    ("port (the URL is https://host:port[/schema])", not connection.port),
                     ("login (the Jenkins user)", not connection.login),
                     ("password (the user's API token)", not connection.password),
                 )
@@ -220,7 +227,12 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
                 raise ConsumerError(
                     self.name, f"Airflow connection {conn_id!r} needs {', '.join(problems)}", retryable=False
                 )
-            server = JenkinsHook(conn_id).get_jenkins_server()
+            import jenkins
+
+            scheme = "http" if _says_http(connection.extra_dejson.get("use_https", True)) else "https"
+            url = f"{scheme}://{connection.host}:{connection.port}"
+            url += f"/{connection.schema}" if connection.schema else ""
+            server = jenkins.Jenkins(url, connection.login, hold_secret(connection.password))
             server.timeout = REQUEST_TIMEOUT
             self._jenkins = server
         return self._jenkins
