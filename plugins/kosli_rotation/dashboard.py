@@ -1,9 +1,11 @@
-"""The "Key rotation" page of the Airflow UI: every key of the inventory at a glance, never a secret.
+"""The "Key rotation" page of the Airflow UI: every key of the inventory the viewer may see, never a secret.
 
 Each row joins three sources: the inventory (what should happen), the non-secret summary the rotation mirrors into
-its Vault record's ``custom_metadata`` plus the consumer status notes beside it (what happened to the key), and the
-Airflow REST API called with the viewer's own token (what the DAG's runs did, within the viewer's permissions). A
-failure to read one source shows in that row; it never breaks the page.
+its Vault record's ``custom_metadata`` plus the consumer status notes beside it (what happened to the key), read
+through the page's own metadata-only Vault connection, and the Airflow REST API called with the viewer's own token
+(what the DAG's runs did). A row is shown only to a viewer who may read the key's rotation DAG
+(kosli_rotation/dashboard_access.py). A failure to read one source shows in that row; it never breaks the page.
+Every string that came from Vault or the API passes through ``scrub`` and is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from urllib.parse import quote
 
 from kosli_rotation.consumers import build_consumer
+from kosli_rotation.dashboard_access import DagFilter, PageVault, PageVaultMissing
 from kosli_rotation.inventory import BrokenEntry, KeyEntry, load_inventory
-from kosli_rotation.key_store import KeyStore
+from kosli_rotation.scrub import describe_error, scrub
 
 #: Task ids that only summarise other failures: a link to them would not say what broke.
 WATCHER_TASKS = frozenset({"any_step_failed"})
@@ -99,8 +102,17 @@ def _epoch(text: str | None) -> float | None:
     return datetime.fromisoformat(text).timestamp() if text else None
 
 
-def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
-    """Everything the page shows about one key, each source read on its own."""
+def _text(value: Any) -> str | None:
+    """A value read from Vault or the API, as the page may show it."""
+    return None if value is None else scrub(value)
+
+
+def _problem(source: str, error: BaseException) -> str:
+    return f"{source}: {type(error).__name__}: {describe_error(error)}"
+
+
+def key_row(entry: KeyEntry, read_run: RunReader, vault: PageVault) -> KeyRow:
+    """Everything the page shows about one key, each source read on its own (Vault through ``vault`` only)."""
     row = KeyRow(
         name=entry.name,
         dag_id=entry.dag_id,
@@ -110,9 +122,8 @@ def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
         max_age_days=entry.max_age_days,
         consumers=[ConsumerState(config.name, config.kind, _proof(config)) for config in entry.consumers],
     )
-    store = KeyStore(entry.vault_path, conn_id=entry.vault_conn_id, mount=entry.vault_mount)
     try:
-        summary = store.read_metadata()
+        summary = {name: _text(value) for name, value in vault.summary(entry).items()}
         row.phase = summary.get("state")
         row.last_strategy = summary.get("strategy")
         row.key_id = summary.get("key_id")
@@ -122,16 +133,19 @@ def key_row(entry: KeyEntry, read_run: RunReader) -> KeyRow:
         row.grace_ends_at = _epoch(summary.get("grace_ends_at"))
         row.failed_step, row.failure, row.todo = summary.get("failed_step"), summary.get("failure"), summary.get("todo")
         for consumer in row.consumers:
-            status = store.read_note(f"consumers/{consumer.name}") or {}
+            status = vault.consumer_note(entry, consumer.name)
             if _verified_with_current_key(status, row):
-                consumer.verified_at = status.get("verified_at")
-            consumer.written_at = status.get("written_at")
+                consumer.verified_at = _text(status.get("verified_at"))
+            consumer.written_at = _text(status.get("written_at"))
+    except PageVaultMissing as error:
+        row.problems.append(str(error))
     except Exception as error:  # one unreadable record must not hide the other keys
-        row.problems.append(f"Vault {store.location}: {type(error).__name__}: {error}")
+        row.problems.append(_problem(f"Vault {vault.location(entry)}", error))
     try:
-        row.run = read_run(entry.dag_id)
+        run = read_run(entry.dag_id)
+        row.run = run and LatestRun(scrub(run.run_id), scrub(run.state), _text(run.failed_task), run.failed_map_index)
     except Exception as error:
-        row.problems.append(f"Airflow API: {type(error).__name__}: {error}")
+        row.problems.append(_problem("Airflow API", error))
     return row
 
 
@@ -155,15 +169,24 @@ def _verified_with_current_key(status: dict[str, Any], row: KeyRow) -> bool:
 
 
 def broken_row(broken: BrokenEntry) -> KeyRow:
-    return KeyRow(name=broken.name or f"entry {broken.index}", dag_id=broken.dag_id, problems=list(broken.problems))
+    name = scrub(broken.name) if isinstance(broken.name, str) and broken.name else f"entry {broken.index}"
+    return KeyRow(name=name, dag_id=broken.dag_id, problems=[scrub(problem) for problem in broken.problems])
 
 
-def collect_rows(read_run: RunReader) -> list[KeyRow]:
+def collect_rows(read_run: RunReader, *, may_read: DagFilter, vault: PageVault | None = None) -> list[KeyRow]:
+    """The rows of the keys whose rotation DAG the viewer may read (``may_read``), broken entries included.
+
+    An inventory that cannot be read at all names no DAG: its row goes only to a viewer who may read every DAG.
+    """
     try:
         inventory = load_inventory()
     except Exception as error:
-        return [KeyRow(name="inventory", dag_id="", problems=[f"{type(error).__name__}: {error}"])]
-    return [key_row(entry, read_run) for entry in inventory.entries] + [broken_row(b) for b in inventory.broken]
+        if not may_read(None):
+            return []
+        return [KeyRow(name="inventory", dag_id="", problems=[_problem("inventory", error)])]
+    vault = vault or PageVault()
+    rows = [key_row(entry, read_run, vault) for entry in inventory.entries if may_read(entry.dag_id)]
+    return rows + [broken_row(broken) for broken in inventory.broken if may_read(broken.dag_id)]
 
 
 # -- the Airflow API, with the viewer's token -------------------------------------------------------------------
@@ -311,16 +334,23 @@ th {{ background: #f6f8fa; }} ul {{ margin: 0; padding-left: 1rem; }} li.pending
 small.weak {{ color: #9a6700; font-weight: 600; }}
 </style></head><body>
 <h1>Key rotation</h1>
-<p class="lead">Every Kosli key in the inventory: where its rotation stands and which consumers are verified with the
-current key, and how (read back: the value itself was compared; write-confirmed + canary: the store confirmed the write
-and a canary job succeeded with it; write-confirmed only: the store confirmed the write, nothing proves the value).
+<p class="lead">Every Kosli key in the inventory whose rotation DAG you may read: where its rotation stands and which
+consumers are verified with the current key, and how (read back: the value itself was compared; write-confirmed +
+canary: the store confirmed the write and a canary job succeeded with it;
+write-confirmed only: the store confirmed the write, nothing proves the value).
 Read from Vault metadata and the Airflow API at {now}; no key is ever shown.</p>
 <table><thead><tr><th>key</th><th>org</th><th>service account</th><th>key id</th><th>key age</th><th>next due</th>
 <th>strategy</th><th>state</th><th>grace left</th><th>consumers</th></tr></thead>
 <tbody>{rows}</tbody></table></body></html>
 """
 
+#: The one row of a page with no key the viewer may see; it names none.
+NO_ROWS = (
+    '<tr class="empty"><td colspan="10">There is no key whose rotation DAG you may read. Ask an Airflow admin for '
+    "read access to a key's <code>rotate_kosli_key_…</code> DAG to see it here.</td></tr>"
+)
+
 
 def render_page(rows: list[KeyRow], now: float | None = None) -> str:
     now = time.time() if now is None else now
-    return PAGE.format(now=_when(now), rows="".join(render_row(row, now) for row in rows))
+    return PAGE.format(now=_when(now), rows="".join(render_row(row, now) for row in rows) or NO_ROWS)

@@ -1,7 +1,9 @@
 """The web app the plugin mounts in Airflow's API server: the Key rotation page, for logged-in Airflow users only.
 
 Authentication is Airflow's own: the UI's session cookie or a Bearer token, checked by the auth manager, so the page
-is exactly as private as the rest of the UI. The Airflow API is then called with the viewer's token.
+is exactly as private as the rest of the UI. It shows the viewer only the keys whose rotation DAG the auth manager
+lets them read, and calls the Airflow API with the viewer's token at the configured API address (``[api] base_url``,
+else the server's own host and port), never at the one a request's ``Host`` header names.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 
 from kosli_rotation.dashboard import api_run_reader, collect_rows, render_page
+from kosli_rotation.dashboard_access import api_base_url, viewer_filter
 
 #: The navigation icon (a key), served by the app itself: the UI may have no internet access.
 ICON = (
@@ -31,9 +34,9 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def key_rotation_page(request: Request, user: GetUserDep) -> HTMLResponse:
-        # The API server that serves this page serves the REST API too (base_url would carry the mount prefix).
-        api = api_run_reader(f"{request.url.scheme}://{request.url.netloc}", _viewer_token(request))
-        return HTMLResponse(render_page(collect_rows(api)), headers={"Cache-Control": "no-store"})
+        api = api_run_reader(api_base_url(), _viewer_token(request))
+        rows = collect_rows(api, may_read=viewer_filter(user))
+        return HTMLResponse(render_page(rows), headers={"Cache-Control": "no-store"})
 
     @app.get("/icon.svg", include_in_schema=False)
     def icon() -> Response:
