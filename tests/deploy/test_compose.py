@@ -23,7 +23,7 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer": "triggerer",
     "airflow-worker": "celery worker",
 }
-OTHER_SERVICES = ("airflow-init", "postgres", "redis", "openbao")
+OTHER_SERVICES = ("airflow-init", "postgres", "redis", "openbao", "openbao-policies", "openbao-init")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,10 @@ def test_every_dependency_names_a_service_that_exists(compose: dict[str, Any]) -
         for dependency in depends_on if isinstance(depends_on, list) else depends_on.keys():
             assert dependency in services, f"{name} depends on {dependency!r}, which is not a service"
     for name in AIRFLOW_SERVICES:
-        assert {"postgres", "redis", "openbao", "airflow-init"} <= set(services[name]["depends_on"]), name
+        assert {"postgres", "redis", "openbao", "airflow-init", "openbao-init"} <= set(services[name]["depends_on"]), (
+            name
+        )
+        assert services[name]["depends_on"]["openbao-init"]["condition"] == "service_completed_successfully", name
 
 
 def test_the_repository_dags_plugins_and_inventory_are_mounted_where_airflow_looks(compose: dict[str, Any]) -> None:
@@ -118,3 +121,58 @@ def test_connections_come_from_the_environment_and_no_credential_is_written_in_t
         assert environment["AIRFLOW_CONN_VAULT_DEFAULT"].startswith("${AIRFLOW_CONN_VAULT_DEFAULT"), name
     secret_looking = re.compile(r"(ghp_|glpat-|AKIA[0-9A-Z]{16}|-----BEGIN|password\"?\s*:\s*\"[^<$])")
     assert not secret_looking.findall(COMPOSE.read_text()), "a credential is written in docker-compose.yaml"
+
+
+def _volumes_of(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> named volume, for the service's named-volume mounts."""
+    return {path: host for path, host in _mounts(service).items() if not host.startswith(("./", "/", "$"))}
+
+
+def test_the_bundled_openbao_keeps_its_data_on_a_volume_and_is_not_in_dev_mode(compose: dict[str, Any]) -> None:
+    service = compose["services"]["openbao"]
+    command = " ".join(service["command"])
+    assert "-dev" not in command, "dev mode keeps everything in memory: every record is lost on a restart"
+    config = re.search(r"-config=(\S+)", command)
+    assert config and _mounts(service).get(config.group(1)) == "./deploy/openbao/config.hcl", command
+    storage = re.search(
+        r'storage\s+"raft"\s*\{[^}]*?\bpath\s*=\s*"([^"]+)"', (REPO / "deploy/openbao/config.hcl").read_text()
+    )
+    assert storage, "deploy/openbao/config.hcl keeps no data"
+    volume = _volumes_of(service).get(storage.group(1))
+    assert volume in (compose.get("volumes") or {}), f"the storage path {storage.group(1)} is not on a named volume"
+
+
+def test_an_init_service_unseals_openbao_and_gives_each_airflow_service_only_its_own_token(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    init, policies = services["openbao-init"], services["openbao-policies"]
+    assert _mounts(init).get(init["entrypoint"][-1]) == "./deploy/openbao/init.sh", init["entrypoint"]
+    assert init["depends_on"]["openbao"]["condition"] == "service_started"  # it is sealed, so not healthy, until then
+    assert init["depends_on"]["openbao-policies"]["condition"] == "service_completed_successfully"
+    generate = " ".join(policies["command"])
+    assert "kosli_rotation.vault_policy" in generate and "--page" in generate, generate
+    environment = _environment(init)
+    by_volume = {volume: path for path, volume in _volumes_of(init).items()}
+    assert environment["BAO_POLICY_DIR"] == next(
+        path for path, volume in _volumes_of(init).items() if volume in _volumes_of(policies).values()
+    ), "openbao-init does not read the policies openbao-policies writes"
+    secrets_volume = next(volume for path, volume in _volumes_of(init).items() if path == environment["BAO_INIT_DIR"])
+    worker_volume = next(v for v, p in by_volume.items() if environment["BAO_WORKER_TOKEN_FILE"].startswith(p + "/"))
+    page_volume = next(v for v, p in by_volume.items() if environment["BAO_PAGE_TOKEN_FILE"].startswith(p + "/"))
+    holders = {
+        volume: sorted(name for name, service in services.items() if volume in _volumes_of(service).values())
+        for volume in (secrets_volume, worker_volume, page_volume)
+    }
+    assert holders == {
+        secrets_volume: ["openbao-init"],  # the unseal key and root token: nowhere else
+        worker_volume: ["airflow-worker", "openbao-init"],
+        page_volume: ["airflow-apiserver", "openbao-init"],
+    }, holders
+    for name in ("airflow-worker", "airflow-apiserver"):
+        entrypoint = services[name]["entrypoint"]
+        script = next(arg for arg in entrypoint if arg.endswith(".sh"))
+        assert _mounts(services[name]).get(script) == "./deploy/openbao/airflow-connections.sh", name
+    assert _environment(services["airflow-apiserver"])["AIRFLOW_CONN_KOSLI_ROTATION_PAGE_VAULT"].startswith(
+        "${AIRFLOW_CONN_KOSLI_ROTATION_PAGE_VAULT"
+    )
