@@ -27,6 +27,8 @@ from kosli_rotation.consumers.aws_secrets_manager import (
 )
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest, fingerprint
+from kosli_rotation.scrub import scrub
+from sandbox.secret_scan import find_secrets_in_text
 from tests.support.aws_errors import (
     ACCESS_DENIED,
     EXPIRED_TOKEN,
@@ -37,6 +39,7 @@ from tests.support.aws_errors import (
     AwsError,
     AwsErrorFront,
 )
+from tests.support.client_logs import configure_airflow_at_debug, everything_logged, log_everything_at_debug
 
 REGION = "eu-west-1"
 SECRET = "ci/kosli"
@@ -298,6 +301,33 @@ def test_role_arn_is_assumed_through_sts(aws: Aws) -> None:
         aws.consumer().write(KEY)
         assert sts.operations == ["AssumeRole"]
     assert aws.value() == KEY
+
+
+@pytest.fixture
+def airflow_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_airflow_at_debug(monkeypatch)
+
+
+def test_debug_logging_leaks_neither_the_assumed_credentials_nor_the_key(
+    airflow_at_debug: None, aws: Aws, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A deployment at DEBUG (root and Airflow): botocore would log the STS answer and the PutSecretValue body."""
+    log_everything_at_debug(caplog)
+    role_arn = "arn:aws:iam::123456789012:role/kosli-rotation"
+    aws.connect(aws.moto_url, role_arn=role_arn, service_config={"sts": {"endpoint_url": aws.moto_url}})
+    consumer = aws.consumer()
+    consumer.write(KEY)
+    assert consumer.verify(KEY, 0.0).ok
+
+    assumed = consumer._client()._request_signer._credentials.get_frozen_credentials()
+    assert assumed.access_key != "AKIAEXAMPLEKEY000001", "the role was assumed"
+    logged = everything_logged(caplog, capfd)
+    assert f"holding {fingerprint(KEY)}" in logged, "the consumer's own lines are captured"
+    assert not find_secrets_in_text(logged, [assumed.secret_key]), "the assumed secret access key was logged"
+    assert not find_secrets_in_text(logged, [assumed.token]), "the assumed session token was logged"
+    assert not find_secrets_in_text(logged, [KEY]), "the key written was logged"
+    for secret in (assumed.secret_key, assumed.token):
+        assert secret not in scrub(f"held: {secret}"), "assumed credentials are held for the masker and scrubber"
 
 
 # -- failures ------------------------------------------------------------------------------------------------

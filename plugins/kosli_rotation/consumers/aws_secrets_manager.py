@@ -29,9 +29,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import digest, fingerprint
+from kosli_rotation.fingerprints import digest, fingerprint, hold_secret
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
     def _client(self) -> Any:
         """The secretsmanager client for the Airflow connection, created on first use (DAG parsing stays offline)."""
         if self._secrets is None:
+            pin_client_loggers()  # botocore at DEBUG logs STS answers and request bodies
             session, extra = self._session()
             service_config = extra.get("service_config") or {}
             endpoint_url = (service_config.get("secretsmanager") or {}).get("endpoint_url") or extra.get("endpoint_url")
@@ -186,10 +188,14 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
                 "password (secret access key), or neither to use the worker's default AWS credentials",
                 retryable=False,
             )
+        session_token = extra.get("aws_session_token") or None
+        for secret in (secret_access_key, session_token):
+            if secret:
+                hold_secret(secret)
         session = boto3.session.Session(
             aws_access_key_id=access_key_id or None,
             aws_secret_access_key=secret_access_key or None,
-            aws_session_token=extra.get("aws_session_token") or None,
+            aws_session_token=session_token,
             region_name=self.config.region or self.config.arn_region or extra.get("region_name") or None,
         )
         return session, extra
@@ -212,10 +218,10 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
             credentials = sts.assume_role(
                 RoleArn=role_arn, RoleSessionName=session_name, **(extra.get("assume_role_kwargs") or {})
             )["Credentials"]
-        return boto3.session.Session(
+        return boto3.session.Session(  # the access key id is an identifier (CloudTrail shows it); the rest is secret
             aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=credentials["SecretAccessKey"],
-            aws_session_token=credentials["SessionToken"],
+            aws_secret_access_key=hold_secret(credentials["SecretAccessKey"]),
+            aws_session_token=hold_secret(credentials["SessionToken"]),
             region_name=session.region_name,
         )
 
