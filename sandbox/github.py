@@ -212,6 +212,15 @@ class _Token:
     orgs: dict[str, str]  # lower-case org -> member | admin
 
 
+@dataclass
+class _App:
+    """A GitHub App: its public key checks the JWTs it signs; each installation carries a token's grants."""
+
+    id: int
+    public_key: Any
+    installations: dict[int, _Token] = field(default_factory=dict)
+
+
 class _Budget(RateLimiter):
     """A fixed window that also reports its state the way GitHub's ``x-ratelimit-*`` headers do."""
 
@@ -322,6 +331,8 @@ class GitHubSandbox(SandboxServer):
         self.rate_limiters.extend([self._primary, self._anonymous, self._secondary])
         self._ids = itertools.count(1_000_001)
         self._tokens: dict[str, _Token] = {}
+        self._apps: dict[str, _App] = {}  # str(app id) -> app
+        self._installation_tokens: list[str] = []
         self._orgs: dict[str, _Org] = {}  # lower-case login -> org
         self._repos: dict[str, _Repo] = {}  # lower-case owner/name -> repo
         self._run_threads: list[threading.Thread] = []
@@ -388,6 +399,38 @@ class GitHubSandbox(SandboxServer):
                 {name.lower(): role for name, role in (orgs or {}).items()},
             )
         return token
+
+    def add_app(
+        self,
+        *,
+        login: str = "kosli-rotation[bot]",
+        repos: dict[str, str] | None = None,
+        orgs: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Register a GitHub App with one installation whose tokens get these grants (as ``add_token``'s).
+
+        Returns ``{"app_id", "installation_id", "private_key"}`` (PEM), what a ``github`` connection's extras take.
+        """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        grants = self._tokens.get(self.add_token(login=login, repos=repos, orgs=orgs))
+        with self.lock:
+            app = _App(next(self._ids), private_key.public_key())
+            installation_id = next(self._ids)
+            assert grants is not None
+            app.installations[installation_id] = grants
+            self._apps[str(app.id)] = app
+        pem = private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return {"app_id": app.id, "installation_id": installation_id, "private_key": pem}
+
+    def installation_tokens(self) -> list[str]:
+        """Every installation access token minted so far (for leak scans)."""
+        with self.lock:
+            return list(self._installation_tokens)
 
     def add_org(self, login: str) -> int:
         with self.lock:
@@ -605,6 +648,39 @@ class GitHubSandbox(SandboxServer):
             return json_response(200, self.runs(request.query_value("repo") or ""))
         except LookupError as error:
             return json_response(404, {"message": str(error)})
+
+    # -- public API: GitHub App installation tokens ------------------------------------------------------
+
+    @route("POST", r"/app/installations/(?P<installation_id>\d+)/access_tokens")
+    def create_installation_token(self, request: Request, installation_id: str) -> Response:
+        """A one-hour token with the installation's grants, for a JWT (RS256) the App signed, ``iss`` its id."""
+        import jwt
+
+        token = _presented_token(request) or ""
+        with self.lock:
+            try:
+                app = self._apps.get(str(jwt.decode(token, options={"verify_signature": False}).get("iss")))
+                if app is None:
+                    raise jwt.InvalidTokenError("unknown app")
+                jwt.decode(token, app.public_key, algorithms=["RS256"], leeway=60)
+            except jwt.InvalidTokenError:
+                raise _abort(401, "A JSON web token could not be decoded") from None
+            grants = app.installations.get(int(installation_id))
+            if grants is None:
+                raise _abort(*NOT_FOUND)
+            minted = "ghs_" + secrets.token_urlsafe(27)
+            self._tokens[minted] = grants
+            self._installation_tokens.append(minted)
+            expires_at = _iso(time.time() + 3600)
+        return json_response(
+            201,
+            {
+                "token": minted,
+                "expires_at": expires_at,
+                "permissions": {"secrets": "write"},
+                "repository_selection": "selected",
+            },
+        )
 
     # -- public API: repositories, organizations, environments -----------------------------------------
 

@@ -21,6 +21,13 @@ from kosli_rotation.consumers.github_actions import GithubActionsConfig, GithubA
 from kosli_rotation.errors import ConsumerError
 from sandbox.github import GitHubSandbox
 from sandbox.kosli import KosliSandbox
+from sandbox.secret_scan import find_secrets_in_text
+from tests.support.client_logs import (
+    configure_airflow_at_debug,
+    everything_logged,
+    held_by_the_masker,
+    log_everything_at_debug,
+)
 
 ADMIN = "ghp_admin_of_acme"
 READER = "ghp_reads_acme_app"
@@ -168,6 +175,44 @@ def test_the_key_never_reaches_the_logs(world: World, caplog: pytest.LogCaptureF
     consumer.write(world.key)
     consumer.verify(world.key, time.time() - 1)
     assert caplog.records and world.key not in caplog.text
+
+
+@pytest.fixture
+def airflow_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_airflow_at_debug(monkeypatch)
+
+
+def test_a_github_app_installation_token_is_held_and_never_logged_at_debug(
+    airflow_at_debug: None, world: World, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A deployment at DEBUG, PyGithub's own logger too (it sets itself to INFO at import; a logging config or
+    ``github.enable_console_debug_logging()`` lowers it): PyGithub would log the access_tokens answer."""
+    app = world.github.add_app(orgs={"acme": "admin"})
+    extra = {"app_id": app["app_id"], "installation_id": app["installation_id"], "private_key": app["private_key"]}
+    connection = {"conn_type": "github", "host": world.github.url, "extra": extra}
+    world.monkeypatch.setenv("AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps(connection))
+    log_everything_at_debug(caplog)
+    import github  # noqa: F401  (first import sets the "github" logger to INFO)
+
+    caplog.set_level(logging.DEBUG, logger="github")
+
+    consumer = world.consumer(canary={"workflow": "canary.yml"})
+    consumer.write(world.key)
+    assert consumer.verify(world.key, time.time() - 1).ok
+    assert world.github.secret_value("acme/app", SECRET) == world.key
+
+    tokens = world.github.installation_tokens()
+    assert tokens, "the consumer authenticated as the App installation"
+    logged = everything_logged(caplog, capfd)
+    assert "GitHub Actions secret" in logged, "the consumer's own lines are captured"
+    assert not find_secrets_in_text(logged, tokens), "an installation token was logged"
+    assert not find_secrets_in_text(logged, [world.key]), "the key written was logged"
+    assert all(held_by_the_masker(token) for token in tokens), "installation tokens are held for the masker"
+
+
+def test_the_connection_token_is_held_for_the_masker(world: World) -> None:
+    world.consumer().check_access()
+    assert held_by_the_masker(ADMIN)
 
 
 # -- environment and organization secrets ----------------------------------------------------------------

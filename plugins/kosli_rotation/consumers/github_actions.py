@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
@@ -223,6 +224,8 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
             from airflow.providers.github.hooks.github import GithubHook
             from github import Github
 
+            from kosli_rotation.held_credentials import held_github_auth
+
             conn_id = self.config.conn_id
             try:
                 configured = GithubHook(github_conn_id=conn_id).get_conn()
@@ -238,9 +241,11 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
                     message = f"Airflow connection {conn_id!r} cannot authenticate to GitHub: {error}"
                     raise ConsumerError(self.name, message, retryable=False) from None
                 raise
+            pin_client_loggers()  # importing PyGithub set its logger to INFO; at DEBUG it logs token answers
             self._client = Github(
                 **{
                     **configured.requester.kwargs,
+                    "auth": held_github_auth(configured.requester.auth),  # installation tokens held when minted
                     "retry": None,
                     "seconds_between_requests": SECONDS_BETWEEN_REQUESTS,
                     "seconds_between_writes": SECONDS_BETWEEN_WRITES,
