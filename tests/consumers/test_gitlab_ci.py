@@ -17,6 +17,7 @@ from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import fingerprint
 from sandbox.gitlab import GitLabSandbox
+from tests.support.client_logs import held_by_the_masker
 
 PROJECT = "acme/platform/app"
 GROUP = "acme"
@@ -216,6 +217,11 @@ def test_verify_of_a_hidden_variable_fails_when_gitlab_answers_for_another_scope
 
 
 # -- refusals: no retries, clear messages ------------------------------------------------------------------
+
+
+def test_the_connection_token_is_held_for_the_masker(gl: GitLab) -> None:
+    gl.consumer().check_access()
+    assert held_by_the_masker(gl.maintainer)
 
 
 def test_wrong_token_fails_at_once_naming_the_connection(gl: GitLab) -> None:

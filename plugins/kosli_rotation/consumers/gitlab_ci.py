@@ -23,9 +23,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers.base import WRITE_CONFIRMED_ONLY, Consumer, ConsumerConfig, Proof, Verification
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import digest, fingerprint, short
+from kosli_rotation.fingerprints import digest, fingerprint, hold_secret, short
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -235,9 +236,10 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
                 raise ConsumerError(self.name, str(error), retryable=False) from None
             session = requests.Session()
             session.hooks["response"].append(self._remember_response)
+            pin_client_loggers()
             self._client = gitlab.Gitlab(
                 self._url,
-                private_token=connection.password,
+                private_token=hold_secret(connection.password),
                 timeout=REQUEST_TIMEOUT_SECONDS,
                 ssl_verify=connection.extra_dejson.get("verify", True),
                 user_agent=f"kosli-key-rotation python-gitlab/{gitlab.__version__}",

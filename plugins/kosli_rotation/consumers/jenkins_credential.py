@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import hold_secret
@@ -232,6 +233,7 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
             scheme = "http" if _says_http(connection.extra_dejson.get("use_https", True)) else "https"
             url = f"{scheme}://{connection.host}:{connection.port}"
             url += f"/{connection.schema}" if connection.schema else ""
+            pin_client_loggers()
             server = jenkins.Jenkins(url, connection.login, hold_secret(connection.password))
             server.timeout = REQUEST_TIMEOUT
             self._jenkins = server
