@@ -337,9 +337,10 @@ class KeyStore:
                 delay_for=_vault_delay,
                 what=f"writing Vault {self.mount}/{path}",
             )
-        except hvac.exceptions.InvalidRequest as error:
-            if not (once and "check-and-set" in str(error)):
-                raise KeyStoreError(f"Vault refused the write to {self.mount}/{path}") from None
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as error:
+            # An entry that exists answers cas=0 with a check-and-set error, or 403 under the create-only policy.
+            if not (once and self.read_note(relative) is not None):
+                raise KeyStoreError(f"Vault refused the write to {self.mount}/{path}: {error}") from None
             log.info("%s/%s was written before (write-once): kept as it is", self.mount, path)
         return f"{self.mount}/{path}"
 

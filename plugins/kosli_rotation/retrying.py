@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kosli_rotation.scrub import describe_error
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -53,5 +55,5 @@ def call_with_retries(
             past_deadline = deadline is not None and time.monotonic() + (delay or 0) > deadline
             if delay is None or out_of_attempts or past_deadline:
                 raise
-            log.warning("%s failed (%s); retry %d in %.1fs", what, error, attempt, delay)
+            log.warning("%s failed (%s); retry %d in %.1fs", what, describe_error(error), attempt, delay)
             sleep(delay)

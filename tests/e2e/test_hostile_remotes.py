@@ -71,3 +71,68 @@ def test_a_kosli_host_answering_every_call_with_a_hostile_body_still_gets_a_clea
     assert "{{ conn.kosli_default.password }}" in event["error"]
     assert event["failed_step"] == "preflight"
     assert scenario.live_secrets() == [scenario.old_key], "nothing changed in Kosli"
+
+
+WRITES = ("PUT", "POST", "PATCH", "DELETE")
+HOSTILE_SANDBOXES = {
+    "github_actions": "github",
+    "gitlab_ci": "gitlab",
+    "jenkins_credential": "jenkins",
+    "circleci_env": "circleci",
+    "kubernetes_secret": "kubernetes",
+}
+
+
+def fleet_credentials(fleet) -> list[str]:
+    """Every credential the fleet's Airflow connections hold: passwords, and the kubeconfig's token."""
+    import yaml
+
+    found = [str(c["password"]) for c in fleet.connections.values() if c.get("password")]
+    kubeconfig = fleet.connections["kubernetes_default"]["extra"]["kube_config"]
+    kubeconfig = yaml.safe_load(kubeconfig) if isinstance(kubeconfig, str) else kubeconfig
+    found += [user["user"]["token"] for user in kubeconfig["users"] if user["user"].get("token")]
+    return found
+
+
+def reflect_what_it_got(rule, *secrets: str):
+    """A ``when`` predicate that makes the rule's error body echo the request: its body (the key being written)
+    and the credentials the test knows the proxy saw."""
+
+    def matches(request) -> bool:
+        if request.method not in WRITES:
+            return False
+        rule.body = hostile_body(*secrets) + " got: " + request.body.decode(errors="replace")[:2000]
+        return True
+
+    return matches
+
+
+@pytest.mark.parametrize("kind", [*HOSTILE_SANDBOXES, "aws_secrets_manager"])
+def test_a_consumer_answering_its_writes_with_a_hostile_body_still_gets_a_clean_notice_out(
+    kind, fleet_scenario, fleet, openbao, mailbox, webhook
+):
+    from tests.support.aws_errors import AwsError
+    from tests.support.fleet import NAMES
+
+    scenario, name = fleet_scenario, NAMES[kind]
+    scenario.write_inventory(consumers=[c for c in fleet.consumers if c["name"] == name])
+    notify_by_mail_and_webhook(scenario)
+    credentials = fleet_credentials(fleet)
+    known = [scenario.admin_key, openbao.token, *credentials]
+    if kind == "aws_secrets_manager":
+        fleet.aws_front.fail_always(AwsError(400, "ValidationException", hostile_body(*known)))
+    else:
+        rule = getattr(fleet, HOSTILE_SANDBOXES[kind]).faults.add("", status=500, times=0)
+        rule.when = reflect_what_it_got(rule, *known)
+
+    run = scenario.run(strategy="rotate", grace_hours=24)
+
+    assert run.state == "failed"
+    subject, mail_body, event = the_notices(mailbox, webhook)
+    record = scenario.vault_record()
+    assert_no_secret([*known, scenario.old_key, record["key"]], subject, mail_body, json.dumps(event))
+    assert subject.startswith("Kosli key rotation failed: acme/ci-bot at ")
+    assert name in mail_body, "the notice names the consumer that failed"
+    assert MARKUP not in mail_body, "markup is escaped (where a consumer's error quotes the body)"
+    assert "{{" not in mail_body or "{{ conn.kosli_default.password }}" in mail_body, "quoted text stays literal"
+    assert scenario.old_key in scenario.live_secrets(), "nothing was revoked"

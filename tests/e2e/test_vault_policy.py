@@ -230,3 +230,15 @@ def test_the_path_serialisation_alone_keeps_a_hostile_path_one_literal_path(open
     assert set(capabilities["sys/policy/x"]) == {"deny"}
     assert set(capabilities[hostile]) == {"read"}
     assert root.sys.read_policy(name=f"escaped-{vault_mount}")["data"]["rules"] == policy
+
+
+def test_a_retried_audit_write_under_the_worker_policy_keeps_the_first_entry(openbao, worker, vault_mount, monkeypatch):
+    """Under the create-only grant, Vault answers a second write with 403: the store reads the entry and goes on."""
+    from kosli_rotation.key_store import KeyStore
+
+    monkeypatch.setenv("AIRFLOW_CONN_VAULT_DEFAULT", openbao.airflow_connection(vault_mount, token=worker.token))
+    store = KeyStore(RECORD)
+    store.write_note("audit/20260101T000000Z-2", {"finished_by": "first try"}, once=True)
+    store.write_note("audit/20260101T000000Z-2", {"finished_by": "retry"}, once=True)
+
+    assert store.read_note("audit/20260101T000000Z-2") == {"finished_by": "first try"}

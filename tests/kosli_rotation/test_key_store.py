@@ -119,3 +119,27 @@ def test_a_small_note_is_written_as_it_is(store, kv, vault_mount):
     store.write_note("audit/small", entry)
     raw = kv.read_secret_version(path="kosli/acme/ci-bot/audit/small", mount_point=vault_mount)["data"]["data"]
     assert raw == entry == store.read_note("audit/small")
+
+
+def test_a_write_once_note_that_exists_is_kept_as_it_is(store, kv, vault_mount):
+    """A retried finalize writes its audit entry again: the first one stays, and the retry does not fail."""
+    first = store.write_note("audit/20261201T000000Z-a1", {"event": "kosli-key-rotated", "try": 1}, once=True)
+    again = store.write_note("audit/20261201T000000Z-a1", {"event": "kosli-key-rotated", "try": 2}, once=True)
+
+    assert first == again == f"{vault_mount}/kosli/acme/ci-bot/audit/20261201T000000Z-a1"
+    assert store.read_note("audit/20261201T000000Z-a1")["try"] == 1
+
+
+def test_text_bound_for_vault_is_scrubbed_but_the_keys_are_kept(store, kv, vault_mount):
+    from kosli_rotation.fingerprints import hold_secret
+
+    secret = hold_secret("s3cret-" + "k" * 40)
+    kv.create_or_update_secret(path="kosli/acme/ci-bot", secret={"key": secret}, mount_point=vault_mount)
+    snapshot = store.load()
+    store.save(snapshot.record.noted(f"remote said: Bearer ghp_{'x' * 36} and {secret}"), snapshot.version)
+    store.write_note("consumers/app", {"error": f"echo {secret}"})
+
+    stored = kv.read_secret_version(path="kosli/acme/ci-bot", mount_point=vault_mount)["data"]["data"]
+    assert stored["key"] == secret, "the key itself is stored as it is"
+    assert secret not in str(stored["history"]) and "ghp_" not in str(stored["history"])
+    assert secret not in str(store.read_note("consumers/app"))
