@@ -61,4 +61,6 @@ def _hold_kube_now(configuration: Any) -> None:
             hold_secret(credential if scheme.lower() == "bearer" and credential else value)
     if configuration.key_file:  # the kubeconfig loader writes client-key-data to a temporary file
         with open(configuration.key_file) as key:
-            hold_secret(key.read().strip())
+            pem = key.read().strip()
+        for secret in [pem, *(line for line in pem.splitlines() if not line.startswith("-----"))]:
+            hold_secret(secret.strip())

@@ -283,6 +283,8 @@ class KubernetesSecretConsumer(Consumer[KubernetesSecretConfig]):
             from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
             from kubernetes.client import AuthorizationV1Api, rest
 
+            from kosli_rotation.held_credentials import hold_kube_credentials
+
             try:
                 hook = KubernetesHook(conn_id=self.config.conn_id)
                 api_client = hook.api_client
@@ -294,6 +296,7 @@ class KubernetesSecretConsumer(Consumer[KubernetesSecretConfig]):
                     "in_cluster extras",
                     retryable=False,
                 ) from None
+            hold_kube_credentials(api_client.configuration)  # token, password, client key; refreshed tokens too
             # One retry policy, ours (call_with_retries): turn off urllib3's default of 3 immediate retries
             # per request, which would multiply every attempt below and ignore Retry-After.
             api_client.configuration.retries = False
