@@ -11,11 +11,14 @@ from pathlib import Path
 from demo import REPO
 from demo.airflow_api import AirflowApi
 from demo.hygiene import print_scan, scan_for_keys
+from demo.page_vault import page_vault_token
 from demo.processes import DemoError, ManagedProcess, Supervisor, free_ports, port_is_free, shown, wait_for
 from demo.report import Check, ConsumerRow, TrackedRun, check_key, follow, print_summary
 from demo.services import (
     ADMIN_USER,
     HOUR_SECONDS,
+    RESTRICTED_KEY,
+    RESTRICTED_USER,
     Airflow,
     AirflowPorts,
     Kosli,
@@ -23,11 +26,13 @@ from demo.services import (
     start_airflow,
     start_consumer_sandboxes,
     start_kosli,
+    start_restricted_ui,
     start_vault,
 )
 from demo.state import prepare_state_dir
 from demo.world import KEYS, VAULT_MOUNT, seed_keys_and_consumers, write_inventory
 from kosli_rotation.fingerprints import fingerprint
+from kosli_rotation.inventory import load_inventory
 from sandbox.fleet import ConsumerFleet
 
 DEFAULT_API_PORT = 8080
@@ -56,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, help=f"port of the Airflow UI and API (default {DEFAULT_API_PORT} if free)")
     parser.add_argument(
+        "--restricted-port",
+        type=int,
+        help=f"also serve the UI on this port with a per-DAG auth manager (demo/auth.py) and a user {RESTRICTED_USER} "
+        f"who may read only {RESTRICTED_KEY}'s DAGs (password in the state dir's airflow/passwords.json)",
+    )
+    parser.add_argument(
         "--state-dir", type=Path, default=REPO / ".demo", help="where logs and state go; wiped at start (default .demo)"
     )
     return parser.parse_args(argv)
@@ -83,6 +94,7 @@ class Demo:
         self.deadline = time.monotonic() + args.timeout
         self.fleet: ConsumerFleet | None = None  # the consumer sandboxes, in threads of this process
         self.consumers: dict[str, list[dict]] = {}  # each key's consumer entries, for the inventory
+        self.restricted_url: str | None = None
 
     def stop_consumer_sandboxes(self) -> None:
         fleet, self.fleet = self.fleet, None
@@ -179,6 +191,8 @@ class Demo:
         print(f"  inventory            {shown(inventory)} (validated: {len(KEYS)} keys, {count} consumers)")
         api_port, *other_ports = free_ports(4)
         ports = AirflowPorts(choose_api_port(self.args.port, api_port), *other_ports)
+        # The Key rotation page reads Vault with a token of its own policy: metadata and consumer notes, no key.
+        page_token = page_vault_token(vault.client(), load_inventory(inventory), VAULT_MOUNT)
         airflow = start_airflow(
             self.supervisor,
             self.state_dir,
@@ -187,6 +201,7 @@ class Demo:
             vault=vault,
             kosli=kosli,
             connections=self.fleet.airflow_env(),
+            page_vault_token=page_token,
         )
         log = shown(airflow.process.log)
         print(f"Starting Airflow (standalone, output in {log}); the first start takes a minute or two...")
@@ -204,7 +219,24 @@ class Demo:
         api.log_in()
         self.wait_for_dags(api, watch, log)
         print(f"  Airflow is up after {time.monotonic() - started:.0f} s; both DAGs are parsed")
+        if self.args.restricted_port is not None:
+            self.start_restricted_ui(airflow)
         return airflow, api, batch_labels
+
+    def start_restricted_ui(self, airflow: Airflow) -> None:
+        port = self.args.restricted_port
+        if not port_is_free(port):
+            raise DemoError(f"port {port} (--restricted-port) is already in use: pick another one")
+        self.restricted_url = url = start_restricted_ui(self.supervisor, self.state_dir, airflow, port)
+        wait_for(
+            f"the restricted API server at {url}",
+            lambda: AirflowApi(url, "", "").healthy() or None,
+            timeout=self.within(AIRFLOW_START_TIMEOUT),
+            watch=[self.supervisor.processes[-1]],
+            hint=f"Read {shown(self.state_dir / 'airflow-restricted.log')}.",
+            interval=1.0,
+        )
+        print(f"  restricted UI        {url}/  (user {RESTRICTED_USER}: only {RESTRICTED_KEY}'s DAGs)")
 
     def wait_for_dags(self, api: AirflowApi, watch: list[ManagedProcess], log: str) -> None:
         wanted = {key.dag_id for key in KEYS}

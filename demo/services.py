@@ -22,6 +22,8 @@ VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's bin, not the 
 #: One Kosli hour lasts this many real seconds in the sandbox, so a 1-hour grace period takes 30 s.
 HOUR_SECONDS = 30
 ADMIN_USER = "admin"
+#: The restricted UI's viewer (``--restricted-port``): may read only the DAGs of the key ``RESTRICTED_KEY``.
+RESTRICTED_USER, RESTRICTED_KEY = "reporter-viewer", "acme-reporter-bot"
 #: How long a canary job (GitHub workflow, Jenkins build, CircleCI pipeline) and a Kubernetes rollout take.
 CANARY_SECONDS = 1.0
 ROLLOUT_SECONDS = 2.0
@@ -37,15 +39,15 @@ class Vault:
     def client(self) -> hvac.Client:
         return hvac.Client(url=self.url, token=self.token)
 
-    def airflow_connection(self) -> str:
-        """``AIRFLOW_CONN_VAULT_DEFAULT``: token auth, KV v2 on the dev server's ``secret`` mount."""
+    def airflow_connection(self, token: str | None = None) -> str:
+        """``AIRFLOW_CONN_VAULT_DEFAULT``: token auth (root unless ``token``), KV v2 on the dev server's mount."""
         return json.dumps(
             {
                 "conn_type": "vault",
                 "host": LOOPBACK,
                 "port": self.port,
                 "schema": VAULT_MOUNT,
-                "password": self.token,
+                "password": token or self.token,
                 "extra": {"auth_type": "token", "kv_engine_version": 2},
             }
         )
@@ -135,6 +137,7 @@ class Airflow:
     password: str
     password_file: Path
     process: ManagedProcess
+    env: dict[str, str]
 
 
 def airflow_env(
@@ -146,10 +149,12 @@ def airflow_env(
     kosli: Kosli,
     password_file: Path,
     connections: dict[str, str],
+    page_vault_token: str,
 ) -> dict[str, str]:
     """The whole configuration of standalone, as environment variables. The caller's own AIRFLOW_*
     settings are dropped so that nothing from a developer's shell leaks into the demo. ``connections``:
-    more ``AIRFLOW_CONN_*`` variables (the consumer sandboxes')."""
+    more ``AIRFLOW_CONN_*`` variables (the consumer sandboxes'). ``page_vault_token``: the Key rotation
+    page's own Vault token (demo/page_vault.py), never the workers' root token."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -177,6 +182,7 @@ def airflow_env(
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW_CONN_VAULT_DEFAULT": vault.airflow_connection(),
+            "AIRFLOW_CONN_KOSLI_ROTATION_PAGE_VAULT": vault.airflow_connection(page_vault_token),
             "AIRFLOW_CONN_KOSLI_DEFAULT": kosli.airflow_connection(),
             "KOSLI_ROTATION_INVENTORY": str(inventory),
             **connections,
@@ -194,6 +200,7 @@ def start_airflow(
     vault: Vault,
     kosli: Kosli,
     connections: dict[str, str],
+    page_vault_token: str,
 ) -> Airflow:
     """``airflow standalone`` with a login we generate, its output in ``airflow.log``.
 
@@ -202,9 +209,17 @@ def start_airflow(
     home = state_dir / "airflow"
     home.mkdir(parents=True)
     password, password_file = secrets.token_urlsafe(12), home / "passwords.json"
-    write_private(password_file, json.dumps({ADMIN_USER: password}) + "\n")  # the format SimpleAuthManager reads
+    passwords = {ADMIN_USER: password, RESTRICTED_USER: secrets.token_urlsafe(12)}
+    write_private(password_file, json.dumps(passwords) + "\n")  # the format SimpleAuthManager reads
     env = airflow_env(
-        home, ports, inventory=inventory, vault=vault, kosli=kosli, password_file=password_file, connections=connections
+        home,
+        ports,
+        inventory=inventory,
+        vault=vault,
+        kosli=kosli,
+        password_file=password_file,
+        connections=connections,
+        page_vault_token=page_vault_token,
     )
     process = supervisor.start(
         "airflow standalone",
@@ -215,4 +230,25 @@ def start_airflow(
         stop_signal=signal.SIGINT,
         stop_timeout=30.0,
     )
-    return Airflow(f"http://{LOOPBACK}:{ports.api}", home, password, password_file, process)
+    return Airflow(f"http://{LOOPBACK}:{ports.api}", home, password, password_file, process, env)
+
+
+def start_restricted_ui(supervisor: Supervisor, state_dir: Path, airflow: Airflow, port: int) -> str:
+    """A second API server on ``port``, on standalone's database, with the per-DAG auth manager of demo/auth.py:
+    ``RESTRICTED_USER`` (role viewer) may read only ``RESTRICTED_KEY``'s DAGs. Returns its URL."""
+    from demo.auth import CLASSPATH
+
+    url = f"http://{LOOPBACK}:{port}"
+    access = [f"rotate_kosli_key_{RESTRICTED_KEY}", f"rollback_kosli_key_{RESTRICTED_KEY}"]
+    env = {
+        **airflow.env,
+        "PYTHONPATH": os.pathsep.join([str(REPO), airflow.env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "AIRFLOW__CORE__AUTH_MANAGER": CLASSPATH,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin,{RESTRICTED_USER}:viewer",
+        "AIRFLOW__KOSLI_ROTATION_DEMO__DAG_ACCESS": json.dumps({RESTRICTED_USER: access}),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+    }
+    command = [str(VENV_BIN / "airflow"), "api-server", "--port", str(port), "--workers", "1"]
+    supervisor.start("restricted API server", command, log=state_dir / "airflow-restricted.log", env=env, cwd=state_dir)
+    return url

@@ -2,7 +2,8 @@
 
 The demo rotates both keys (one per strategy); the test then makes one key's latest run fail (a manual run without a
 reason stops in preflight), logs in through Airflow's login form, opens the page from the UI's navigation and checks
-the rows and states it set up. A screenshot goes to test-output/browser/ for the test report.
+the rows and states it set up. A screenshot goes to test-output/browser/ for the test report. A viewer who may read
+only one key's DAGs (the demo's ``--restricted-port`` API server, with its per-DAG auth manager) sees only that key.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import requests
 
 from demo.airflow_api import AirflowApi
-from demo.services import ADMIN_USER
+from demo.services import ADMIN_USER, RESTRICTED_KEY, RESTRICTED_USER
 from tests.demo.test_demo import DAG_IDS, REPO, demo_environment
 from tests.support.browser import Chromium, chromium_available
 from tests.support.services import free_port
@@ -42,6 +43,8 @@ class RunningDemo:
     url: str
     password: str
     output: list[str]
+    restricted_url: str
+    restricted_password: str
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +53,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
         if os.environ.get("CI"):
             pytest.fail("Chromium is missing: `make chromium` installs Debian's package")
         pytest.skip("Chromium is not installed (`make chromium` installs it)")
-    state, port = tmp_path_factory.mktemp("demo-state"), free_port()
+    state, port, restricted_port = tmp_path_factory.mktemp("demo-state"), free_port(), free_port()
     command = [sys.executable, "-m", "demo", "--state-dir", str(state), "--port", str(port), "--timeout", "600"]
+    command += ["--restricted-port", str(restricted_port)]
     process = subprocess.Popen(
         command, cwd=REPO, env=demo_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -71,8 +75,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
             assert process.poll() is None and time.monotonic() < deadline, "the demo did not get ready:\n" + "".join(
                 output[-60:]
             )
-        password = json.loads((state / "airflow" / "passwords.json").read_text())[ADMIN_USER]
-        yield RunningDemo(f"http://127.0.0.1:{port}", password, output)
+        passwords = json.loads((state / "airflow" / "passwords.json").read_text())
+        yield RunningDemo(
+            f"http://127.0.0.1:{port}",
+            passwords[ADMIN_USER],
+            output,
+            f"http://127.0.0.1:{restricted_port}",
+            passwords[RESTRICTED_USER],
+        )
     finally:
         process.terminate()  # the demo stops what it started on SIGTERM
         try:
@@ -130,3 +140,37 @@ def test_after_login_the_page_shows_every_key_its_state_and_a_link_to_the_failed
     assert "sha256:" in text, "keys are shown by fingerprint"
     assert not KEY_LOOKING.findall(text), "something that looks like a key is on the page"
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_viewer_who_may_read_one_keys_dags_sees_only_that_key(demo: RunningDemo) -> None:
+    assert RESTRICTED_KEY == ROTATED_KEY
+    token = requests.post(
+        f"{demo.restricted_url}/auth/token",
+        json={"username": RESTRICTED_USER, "password": demo.restricted_password},
+        timeout=30,
+    ).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    for key, status in ((FAILING_KEY, 403), (ROTATED_KEY, 200)):
+        url = f"{demo.restricted_url}/api/v2/dags/rotate_kosli_key_{key}"
+        response = requests.get(url, headers=headers, timeout=30)
+        assert response.status_code == status, f"the auth manager is per DAG: {key} {response.status_code}"
+
+    with Chromium() as browser:
+        browser.log_in_to_airflow(demo.restricted_url, RESTRICTED_USER, demo.restricted_password)
+        browser.open(f"{demo.restricted_url}/plugin/key-rotation")
+        rows = browser.wait_for(
+            f"(() => {{ {FRAME} const rows = {ROWS}; return rows.length >= 1 && "
+            "Object.fromEntries(rows.map(r => [r.dataset.key, r.dataset.state])) })()",
+            what="the restricted viewer's rows",
+        )
+        time.sleep(2)  # nothing more arrives: the page is rendered on the server, whole
+        rows = browser.evaluate(
+            f"(() => {{ {FRAME} return Object.fromEntries({ROWS}.map(r => [r.dataset.key, r.dataset.state])) }})()"
+        )
+        html = browser.evaluate(f"(() => {{ {FRAME} return frame().documentElement.outerHTML }})()")
+        text = browser.evaluate(f"(() => {{ {FRAME} return frame().body.innerText }})()")
+
+    assert rows == {ROTATED_KEY: "ok"}
+    assert FAILING_KEY not in html and "ci-bot" not in html, "nothing of a key whose DAGs the viewer may not read"
+    assert "sha256:" in text, "the row was read through the page's own Vault connection"
+    assert not KEY_LOOKING.findall(text)
