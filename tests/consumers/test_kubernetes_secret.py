@@ -468,6 +468,36 @@ def test_missing_connection_is_a_clear_error(cluster: Cluster) -> None:
     assert "connection 'k8s_nowhere'" in str(error.value) and not error.value.retryable
 
 
+SECRET_SHAPED = "kosli_live_9f8e7d6c5b4a3928171605f4e3d2c1b0"
+
+
+def quotes(secret: str, text: str) -> bool:
+    """Whether ``text`` holds any 10 characters of ``secret`` in a row (PyYAML's snippet shows part of a line)."""
+    return any(secret[i : i + 10] in text for i in range(len(secret) - 9))
+
+
+@pytest.mark.parametrize("source", ["kube_config", "kube_config_path"])
+def test_a_broken_kubeconfig_is_reported_by_position_never_by_content(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+) -> None:
+    """PyYAML quotes the line it broke on; in a kubeconfig that is often the token line."""
+    text = f"apiVersion: v1\nusers:\n- name: rotator\n  user:\n    token: {SECRET_SHAPED}: [\n"
+    if source == "kube_config_path":
+        (tmp_path / "kubeconfig").write_text(text)
+        text = str(tmp_path / "kubeconfig")
+    extra = {source: text}
+    monkeypatch.setenv("AIRFLOW_CONN_K8S_BROKEN", json.dumps({"conn_type": "kubernetes", "extra": extra}))
+    consumer = KubernetesSecretConsumer(
+        KubernetesSecretConfig(name="k8s-reporter", kind="kubernetes_secret", namespace=NAMESPACE, conn_id="k8s_broken")
+    )
+    with pytest.raises(ConsumerError) as error:
+        consumer.check_access()
+    message = str(error.value)
+    assert "k8s-reporter" in message and "connection 'k8s_broken'" in message
+    assert "ScannerError at line 5, column " in message and "mapping values are not allowed here" in message
+    assert not quotes(SECRET_SHAPED, message) and "token" not in message
+
+
 # -- rate limits and server errors ------------------------------------------------------------------------
 
 

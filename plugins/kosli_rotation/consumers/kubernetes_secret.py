@@ -34,6 +34,8 @@ from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest, fingerprint
 from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
+from kosli_rotation.safe_yaml import describe_yaml_error
+from kosli_rotation.scrub import describe_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -253,6 +255,19 @@ def rollout_status(kind: str, workload: Any) -> tuple[bool, str, str | None]:
     return True, f"rolling update complete: {desired} pods at revision {status.current_revision}", None
 
 
+def _client_problem(error: BaseException) -> str:
+    """What went wrong building the client, never the kubeconfig's text: a YAML error (PyYAML quotes the line it
+    broke on, often the token line) by its type and position only; anything else scrubbed."""
+    import yaml
+
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, yaml.YAMLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return f"{type(cause).__name__} at {describe_yaml_error(cause)} in its kubeconfig"
+    return f"{type(error).__name__}: {describe_error(error)}"
+
+
 class KubernetesSecretConsumer(Consumer[KubernetesSecretConfig]):
     """Creates the Secret (type Opaque) or patches only its key, then restarts and waits for listed workloads."""
 
@@ -292,7 +307,7 @@ class KubernetesSecretConsumer(Consumer[KubernetesSecretConfig]):
                 raise ConsumerError(
                     self.name,
                     f"cannot build a Kubernetes client from connection {self.config.conn_id!r} "
-                    f"({type(error).__name__}: {error}); fix the connection's kube_config / kube_config_path / "
+                    f"({_client_problem(error)}); fix the connection's kube_config / kube_config_path / "
                     "in_cluster extras",
                     retryable=False,
                 ) from None
