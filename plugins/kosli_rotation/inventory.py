@@ -23,16 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kosli_rotation import safe_yaml
 from kosli_rotation.consumers import KINDS, AnyConsumerConfig
+from kosli_rotation.consumers.vault_kv import VAULT_MOUNT, VaultKvConfig
 from kosli_rotation.key_store import VaultPath
 from kosli_rotation.notifications import NotifyTarget
 
 ENV_VAR = "KOSLI_ROTATION_INVENTORY"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "inventory.yaml"
 ENTRY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+#: Parts of Kosli URLs (``/api/v2/service-accounts/{org}/{service_account}/api-keys/{key_id}``): no ``/``, no
+#: ``.`` (so no ``..`` for requests to collapse), no ``%`` (nothing pre-quoted), no control characters.
+KOSLI_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+KOSLI_KEY_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+#: A key's description in Kosli: any printable text (it is compared, never put in a URL), no control characters.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,200}$"
 #: What a lock must outlive beyond the Vault retry of a just-minted key: the Kosli call before it (its timeout and
 #: retries) and a margin.
 LOCK_MARGIN_SECONDS = 120
@@ -48,12 +55,14 @@ class KeyEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=ENTRY_NAME, description="Names the DAG: rotate_kosli_key_<name>.")
-    org: str = Field(min_length=1)
-    service_account: str = Field(pattern=r"^[a-zA-Z0-9-]{1,64}$")
-    key_id: str | None = Field(default=None, description="Kosli key id, if the Vault record lacks it.")
-    key_label: str | None = Field(default=None, description="Or the key's description (label) in Kosli.")
+    org: str = Field(pattern=KOSLI_NAME)
+    service_account: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,63}$")
+    key_id: str | None = Field(default=None, pattern=KOSLI_KEY_ID, description="Kosli key id, if the record lacks it.")
+    key_label: str | None = Field(default=None, pattern=PRINTABLE, description="Or the key's description in Kosli.")
     vault_path: VaultPath
-    vault_mount: str | None = Field(default=None, description="KV v2 mount; default: the connection's.")
+    vault_mount: str | None = Field(
+        default=None, pattern=VAULT_MOUNT, description="KV v2 mount; default: the connection's."
+    )
     vault_conn_id: str = "vault_default"
     kosli_conn_id: str = "kosli_default"
     strategy: Literal["rotate", "replace"] = Field(default="rotate", description="For scheduled runs.")
@@ -205,10 +214,12 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     problems are collected in ``Inventory.broken`` so the valid entries still get their DAGs."""
     path = Path(path) if path else inventory_path()
     try:
-        document = yaml.safe_load(path.read_text())
+        document = safe_yaml.load_file(path)
     except FileNotFoundError:
         raise InventoryError(f"{path}: inventory file not found (set {ENV_VAR} to its path)") from None
-    except yaml.YAMLError as error:
+    except OSError as error:
+        raise InventoryError(f"{path}: cannot read the inventory ({error.strerror})") from None
+    except safe_yaml.YamlInputError as error:
         raise InventoryError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise InventoryError(f"{path}: expected a mapping with a 'keys' list (and optional 'defaults')")
@@ -220,7 +231,7 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
         raise InventoryError(f"{path}: unknown top-level field(s) {sorted(unknown)}; expected keys, defaults")
 
     inventory = Inventory(path=path)
-    claimed: dict[tuple[str, ...], str] = {}
+    valid: list[tuple[int, str, KeyEntry]] = []
     for index, raw in enumerate(document["keys"]):
         name = raw.get("name") if isinstance(raw, dict) else None
         label = f"{path}: keys[{index}]" + (f" ({name})" if isinstance(name, str) else "")
@@ -233,25 +244,110 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
             problems = [f"{label}: {problem}" for problem in _describe(error)]
             inventory.broken.append(BrokenEntry(index, name, problems))
             continue
-        clashes = [
-            f"{label}: {what} is already used by {claimed[claim]}" for what, claim in _claims(entry) if claim in claimed
-        ]
-        if clashes:
-            inventory.broken.append(BrokenEntry(index, None, clashes))
-            continue
-        for _, claim in _claims(entry):
-            claimed[claim] = f"keys[{index}] ({entry.name})"
-        inventory.entries.append(entry)
+        valid.append((index, label, entry))
+    shared = clashes([(f"keys[{index}] ({entry.name})", entry) for index, _, entry in valid])
+    for position, (index, label, entry) in enumerate(valid):
+        if shared[position]:
+            # Two entries of one name would give two DAGs one id: a clash of names keeps neither name.
+            named = None if any(field == "name" for field, _ in shared[position]) else entry.name
+            found = [f"{label}: {field}: {problem}" for field, problem in shared[position]]
+            inventory.broken.append(BrokenEntry(index, named, found))
+        else:
+            inventory.entries.append(entry)
+    inventory.broken.sort(key=lambda broken: broken.index)
     return inventory
 
 
-def _claims(entry: KeyEntry) -> list[tuple[str, tuple[str, ...]]]:
-    """What two entries may not share: a DAG name, a Vault record, a Kosli key."""
-    claims = [
-        ("name", ("name", entry.name)),
-        ("vault_path", ("vault", entry.vault_conn_id, entry.vault_mount or "", entry.vault_path)),
-    ]
-    if entry.key_id or entry.key_label:
-        key = entry.key_id or f"label:{entry.key_label}"
-        claims.append(("the Kosli key", ("kosli", entry.kosli_conn_id, entry.org, entry.service_account, key)))
-    return claims
+Problem = tuple[str, str]  # (field, what is wrong)
+
+
+def _where(conn_id: str, mount: str | None, path: str) -> str:
+    return f"{mount or '<mount of ' + conn_id + '>'}/{path} (connection {conn_id})"
+
+
+def _same_mount(one: str | None, other: str | None) -> str | None:
+    """Why two mounts on one connection may be one ("" when they are equal), or None if they cannot be.
+
+    An unset mount is the connection's (the Vault provider takes the connection's ``schema``, else ``secret``),
+    known only when a task connects. So an unset mount may be any explicit one: two entries that differ only in
+    that are taken to share a record, and told to set the mount on both."""
+    if one == other:
+        return ""
+    if one is None or other is None:
+        return (
+            f"; an unset mount is the connection's (its schema, else 'secret'), which may be '{one or other}': "
+            "set the mount on both to tell them apart"
+        )
+    return None
+
+
+def _inside(path: str, record: str) -> bool:
+    """Whether ``path`` is ``record`` or one of the notes kept below it (consumers/, audit/, unclaimed/)."""
+    return path == record or path.startswith(record + "/")
+
+
+def _kosli_key(who: str, entry: KeyEntry, other_who: str, other: KeyEntry) -> Problem | None:
+    """Whether two entries may rotate one Kosli key. ``key_id`` wins over ``key_label`` (key_identity.py), and an
+    entry naming neither rotates whichever key its Vault record names: it may be any key of the account."""
+    if (entry.org, entry.service_account) != (other.org, other.service_account):
+        return None
+    vague = [name for name, e in ((who, entry), (other_who, other)) if not (e.key_id or e.key_label)]
+    if vague:
+        return "key_label", f"{' and '.join(vague)} name(s) neither key_id nor key_label: the record decides the key"
+    if entry.key_id and other.key_id:
+        return ("key_id", f"key_id {entry.key_id}") if entry.key_id == other.key_id else None
+    if entry.key_label and entry.key_label == other.key_label:
+        return "key_label", f"key_label {entry.key_label!r}, with a key_id on at most one of them"
+    return None
+
+
+def _pair(who: str, entry: KeyEntry, other_who: str, other: KeyEntry) -> list[Problem]:
+    """What ``entry`` shares with ``other`` that two entries may not: a DAG name, a Vault record, a Kosli key."""
+    problems: list[Problem] = []
+    if entry.name == other.name:
+        problems.append(("name", f"{other_who} has the same name (one DAG id, {entry.dag_id}, for both)"))
+    why = _same_mount(entry.vault_mount, other.vault_mount)
+    overlap = _inside(entry.vault_path, other.vault_path) or _inside(other.vault_path, entry.vault_path)
+    if why is not None and entry.vault_conn_id == other.vault_conn_id and overlap:
+        mine, theirs = (_where(e.vault_conn_id, e.vault_mount, e.vault_path) for e in (entry, other))
+        problems.append(("vault_path", f"the Vault record {mine} is, holds or lies in {theirs} of {other_who}{why}"))
+    kosli = _kosli_key(who, entry, other_who, other)
+    if kosli is not None:
+        field, why = kosli
+        account = f"{entry.org}/{entry.service_account}"
+        problems.append((field, f"{other_who} may rotate the same Kosli key of {account}: {why}"))
+    return problems
+
+
+def _consumer_clashes(entries: list[tuple[str, KeyEntry]], found: list[list[Problem]]) -> None:
+    """A vault_kv consumer aimed at a key's record (or the notes below it) would overwrite what the rotation of
+    that key relies on: the consumer's entry and the record's are both broken."""
+    for position, (who, entry) in enumerate(entries):
+        for index, consumer in enumerate(entry.consumers):
+            if not isinstance(consumer, VaultKvConfig):
+                continue
+            for target, (target_who, record) in enumerate(entries):
+                why = _same_mount(consumer.mount, record.vault_mount)
+                if why is None or consumer.conn_id != record.vault_conn_id:
+                    continue
+                if not _inside(consumer.path, record.vault_path):
+                    continue
+                owner = f"{target_who} itself" if target == position else target_who
+                writes = _where(consumer.conn_id, consumer.mount, consumer.path)
+                record_at = _where(record.vault_conn_id, record.vault_mount, record.vault_path)
+                said = f"vault_kv consumer {consumer.name!r} writes {writes}, in the Vault record {record_at}"
+                found[position].append((f"consumers[{index}].path", f"{said} of {owner}{why}"))
+                if target != position:
+                    found[target].append(("vault_path", f"{said} of this entry: it is a consumer of {who}{why}"))
+
+
+def clashes(entries: list[tuple[str, KeyEntry]]) -> list[list[Problem]]:
+    """For each valid entry (named by ``who``, e.g. ``keys[2] (ci-bot)``), what it claims that another claims too.
+    Compared after defaults are applied; every pair is checked, so both entries of a clash learn of it."""
+    found: list[list[Problem]] = [[] for _ in entries]
+    for i, (who, entry) in enumerate(entries):
+        for j, (other_who, other) in enumerate(entries):
+            if i != j:
+                found[i].extend(_pair(who, entry, other_who, other))
+    _consumer_clashes(entries, found)
+    return found

@@ -37,12 +37,14 @@ PACKED_FIELDS = "packed_as_json_text"
 
 
 def check_vault_path(path: str) -> str:
-    """A KV path relative to its mount: no leading slash, no empty, '.' or '..' segments."""
+    """A KV path relative to its mount: no leading or trailing slash, no empty segment, no ``..`` anywhere, segments
+    of ASCII letters, digits, ``_ . -`` only (nothing that could end a quoted HCL string or act as a policy glob)."""
+    allowed = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-/")
     segments = path.split("/")
-    if path.startswith("/") or any(segment in ("", ".", "..") for segment in segments):
+    if path.startswith("/") or ".." in path or any(segment in ("", ".") for segment in segments):
         raise ValueError(f"{path!r} is not a path inside the KV mount (no leading '/', no empty, '.' or '..' segments)")
-    if any(not segment.replace("-", "").replace("_", "").replace(".", "").isalnum() for segment in segments):
-        raise ValueError(f"{path!r} may use only letters, digits, '-', '_', '.' and '/'")
+    if len(path) > 512 or not set(path) <= allowed:
+        raise ValueError(f"{path!r} may use only letters, digits, '-', '_', '.' and '/' (at most 512 characters)")
     return path
 
 

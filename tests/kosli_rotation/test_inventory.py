@@ -99,14 +99,23 @@ def test_one_broken_entry_does_not_hide_the_others(tmp_path):
     [
         ("name", {"vault_path": "kosli/x", "key_label": "x"}),
         ("vault_path", {"name": "x", "key_label": "x"}),
-        ("the Kosli key", {"name": "x", "vault_path": "kosli/x"}),
+        ("key_label", {"name": "x", "vault_path": "kosli/x"}),
     ],
 )
 def test_two_entries_may_not_share_a_dag_a_vault_record_or_a_key(tmp_path, field, clash):
+    """Both entries of a clash are broken (neither can be trusted to rotate alone), each naming the other."""
     inventory = load_inventory(write(tmp_path, {"keys": [VALID, {**VALID, **clash}]}))
-    assert len(inventory.entries) == 1
+    assert inventory.entries == []
     name = clash.get("name", "ci-bot")
-    assert f"keys[1] ({name}): {field} is already used by keys[0] (ci-bot)" in inventory.broken[0].problems[0]
+    first, second = (" ".join(broken.problems) for broken in inventory.broken)
+    path = tmp_path / "inventory.yaml"
+    assert first.startswith(f"{path}: keys[0] (ci-bot): {field}: ") and f"keys[1] ({name})" in first
+    assert second.startswith(f"{path}: keys[1] ({name}): {field}: ") and "keys[0] (ci-bot)" in second
+    if field == "name":
+        assert [broken.dag_id for broken in inventory.broken] == [
+            "rotate_kosli_key_invalid_entry_0",
+            "rotate_kosli_key_invalid_entry_1",
+        ], "no two DAGs with one id"
 
 
 @pytest.mark.parametrize(
@@ -172,3 +181,195 @@ def test_verify_canary_with_a_canary_configured_is_accepted(tmp_path):
     }
     (entry,) = load_inventory(write(tmp_path, {"keys": [{**VALID, "consumers": [consumer]}]})).entries
     assert (entry.consumers[0].verify, entry.consumers[0].canary.workflow) == ("canary", "canary.yml")
+
+
+# -- inputs as a security boundary (issue 12.4) --------------------------------------------------------------------
+
+#: Shaped like a key, but no token shape the scrubber knows: only not quoting the file keeps it out of an error.
+SECRET = "kosli_live_9f8e7d6c5b4a3928171605f4e3d2c1b0"
+INJECTION = 'secret" {capabilities=["sudo"]}\npath "sys/*'
+
+
+def quotes(secret: str, text: str) -> bool:
+    """Whether ``text`` holds any 10 characters of ``secret`` in a row (PyYAML's snippet shows part of a line)."""
+    return any(secret[i : i + 10] in text for i in range(len(secret) - 9))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"vault_mount": INJECTION}, "vault_mount"),
+        ({"vault_mount": "secret/../sys"}, "vault_mount"),
+        ({"vault_mount": "kv/nested"}, "vault_mount"),
+        ({"vault_mount": ""}, "vault_mount"),
+        ({"vault_path": 'kosli/x" {capabilities=["sudo"]}'}, "vault_path"),
+        ({"vault_path": "kosli/\uff41"}, "vault_path"),  # a fullwidth letter: isalnum() but not ASCII
+        ({"vault_path": "kosli/a..b"}, "vault_path"),
+        ({"vault_path": "kosli/x/"}, "vault_path"),
+        ({"vault_path": "kosli/*"}, "vault_path"),
+        (
+            {"consumers": [{"name": "x", "kind": "vault_kv", "path": "apps/ci", "mount": INJECTION}]},
+            "consumers[0].mount",
+        ),
+        ({"consumers": [{"name": "x", "kind": "vault_kv", "path": "apps/+/ci"}]}, "consumers[0].path"),
+        ({"org": ".."}, "org"),
+        ({"org": "acme/../other"}, "org"),
+        ({"org": "ac\nme"}, "org"),
+        ({"org": "acme%2F.."}, "org"),
+        ({"service_account": ".."}, "service_account"),
+        ({"key_id": "../../api-keys"}, "key_id"),
+        ({"key_id": "a/b"}, "key_id"),
+        ({"key_id": "7954691b\x00"}, "key_id"),
+        ({"key_label": "ci\x1b[2J"}, "key_label"),
+        ({"key_label": "ci\u2028forged line"}, "key_label"),
+    ],
+)
+def test_names_and_vault_locations_have_strict_patterns(tmp_path, changes, field):
+    """Nothing can inject into the generated HCL policy, escape its KV mount, or walk a Kosli URL."""
+    (problem,) = problems_of(tmp_path, **changes)
+    assert problem.startswith(f"{tmp_path / 'inventory.yaml'}: keys[0] (ci-bot): {field}: ")
+
+
+def test_a_vault_kv_mount_and_path_that_are_well_formed_are_accepted(tmp_path):
+    consumer = {"name": "x", "kind": "vault_kv", "path": "apps/team_a/ci.bot-1", "mount": "kv-2_apps"}
+    (entry,) = load_inventory(
+        write(tmp_path, {"keys": [{**VALID, "vault_mount": "kv", "key_id": "7954691b-0f4e", "consumers": [consumer]}]})
+    ).entries
+    assert (entry.vault_mount, entry.consumers[0].mount) == ("kv", "kv-2_apps")
+
+
+def entry(name, **changes):
+    return {**VALID, "name": name, "vault_path": f"kosli/acme/{name}", "key_label": name, "consumers": [], **changes}
+
+
+def both_broken(tmp_path, first, second):
+    """Load two clashing entries (and a third, fine one); both clashing ones are broken, each naming the other."""
+    path = write(tmp_path, {"keys": [first, second, entry("bystander", service_account="other")]})
+    inventory = load_inventory(path)
+    assert [e.name for e in inventory.entries] == ["bystander"], "a clash never hides the other entries"
+    assert [b.index for b in inventory.broken] == [0, 1], "both entries of a clash are broken"
+    return [" ".join(b.problems) for b in inventory.broken]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "field"),
+    [
+        # The record decides which key an entry naming neither key_id nor key_label rotates: it may be the other's.
+        (entry("a"), entry("b", key_label=None), "key_label"),
+        (entry("a", key_label=None), entry("b", key_label=None), "key_label"),
+        (entry("a", key_id="k-1", key_label=None), entry("b", key_id="k-1", key_label=None), "key_id"),
+        # key_id wins over key_label, but a label-only entry may name the same key as one with both.
+        (entry("a", key_id="k-1", key_label="ci"), entry("b", key_label="ci"), "key_label"),
+        # Two connections may point at one Kosli host: the org and service account name the key.
+        (entry("a"), entry("b", key_label="a", kosli_conn_id="kosli_other"), "key_label"),
+    ],
+)
+def test_two_entries_on_one_kosli_key_are_both_broken(tmp_path, first, second, field):
+    problems = both_broken(tmp_path, first, second)
+    inventory = tmp_path / "inventory.yaml"
+    assert problems[0].startswith(f"{inventory}: keys[0] (a): {field}: ")
+    assert "keys[1] (b)" in problems[0]
+    assert problems[1].startswith(f"{inventory}: keys[1] (b): {field}: ")
+    assert "keys[0] (a)" in problems[1]
+    assert "acme/ci-bot" in problems[1], "names the Kosli key"
+
+
+def test_two_entries_on_different_keys_of_one_service_account_are_fine(tmp_path):
+    keys = [entry("a"), entry("b"), entry("c", key_id="k-1"), entry("d", key_id="k-2", key_label="a-other")]
+    inventory = load_inventory(write(tmp_path, {"keys": keys}))
+    assert (len(inventory.entries), inventory.broken) == (4, [])
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # A missing vault_mount means the connection's mount (its schema, else 'secret'): it may be any mount.
+        (entry("a", vault_path="kosli/x"), entry("b", vault_path="kosli/x", vault_mount="secret")),
+        (entry("a", vault_path="kosli/x", vault_mount="kv"), entry("b", vault_path="kosli/x")),
+        (entry("a", vault_path="kosli/x", vault_mount="kv"), entry("b", vault_path="kosli/x", vault_mount="kv")),
+        # A record inside another's notes (consumers/, audit/, unclaimed/).
+        (entry("a", vault_path="kosli/x"), entry("b", vault_path="kosli/x/audit/2024")),
+    ],
+)
+def test_two_entries_on_one_vault_record_are_both_broken(tmp_path, first, second):
+    problems = both_broken(tmp_path, first, second)
+    assert problems[0].startswith(f"{tmp_path / 'inventory.yaml'}: keys[0] (a): vault_path: ")
+    assert "keys[1] (b)" in problems[0]
+    assert problems[1].startswith(f"{tmp_path / 'inventory.yaml'}: keys[1] (b): vault_path: ")
+    assert "keys[0] (a)" in problems[1]
+
+
+def test_entries_on_other_mounts_or_connections_share_no_record(tmp_path):
+    keys = [
+        entry("a", vault_path="kosli/x", vault_mount="kv"),
+        entry("b", vault_path="kosli/x", vault_mount="secret"),
+        entry("c", vault_path="kosli/x", vault_conn_id="vault_other"),
+        entry("d", vault_path="kosli/xy"),
+    ]
+    inventory = load_inventory(write(tmp_path, {"keys": keys}))
+    assert (len(inventory.entries), inventory.broken) == (4, [])
+
+
+@pytest.mark.parametrize(
+    ("consumer", "owner"),
+    [
+        ({"path": "kosli/acme/a"}, "keys[0] (a)"),
+        ({"path": "kosli/acme/a/consumers/reporter"}, "keys[0] (a)"),
+        ({"path": "kosli/acme/a/unclaimed/attempt-1", "mount": "secret"}, "keys[0] (a)"),
+        ({"path": "kosli/acme/b/audit/1"}, "keys[1] (b) itself"),
+    ],
+)
+def test_a_vault_kv_consumer_aimed_at_a_record_or_its_notes_is_refused(tmp_path, consumer, owner):
+    second = entry("b", consumers=[{"name": "sneaky", "kind": "vault_kv", **consumer}])
+    inventory = load_inventory(write(tmp_path, {"keys": [entry("a"), second]}))
+    broken = next(b for b in inventory.broken if b.index == 1)
+    (problem,) = broken.problems
+    assert problem.startswith(f"{tmp_path / 'inventory.yaml'}: keys[1] (b): consumers[0].path: ")
+    assert owner in problem
+
+
+def test_a_vault_kv_consumer_on_another_mount_or_connection_is_fine(tmp_path):
+    consumers = [
+        {"name": "other-mount", "kind": "vault_kv", "path": "kosli/acme/a", "mount": "apps"},
+        {"name": "other-conn", "kind": "vault_kv", "path": "kosli/acme/a", "conn_id": "vault_apps"},
+        {"name": "sibling", "kind": "vault_kv", "path": "kosli/acme/ab"},
+    ]
+    inventory = load_inventory(
+        write(tmp_path, {"keys": [entry("a", vault_mount="secret"), entry("b", consumers=consumers)]})
+    )
+    assert (len(inventory.entries), inventory.broken) == (2, [])
+
+
+def test_a_yaml_error_names_the_position_never_the_content(tmp_path):
+    text = f"keys:\n  - name: ci-bot\n    description: {SECRET}: [broken\n"
+    path = write(tmp_path, text)
+    with pytest.raises(InventoryError) as error:
+        load_inventory(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: not valid YAML: line 3, column ")
+    assert not quotes(SECRET, message) and "description" not in message
+
+
+def test_an_oversized_inventory_is_refused_before_parsing(tmp_path):
+    path = write(tmp_path, "keys: []\n" + "# padding\n" * 120_000)
+    with pytest.raises(InventoryError, match=r"larger than 1 MiB"):
+        load_inventory(path)
+
+
+def test_an_alias_bomb_is_refused(tmp_path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    path = write(tmp_path, "bomb:\n" + "".join(f"  {line}\n" for line in lines) + "keys: []\n")
+    with pytest.raises(InventoryError) as error:
+        load_inventory(path)
+    assert str(error.value).startswith(f"{path}: not valid YAML: ")
+    assert "alias" in str(error.value)
+
+
+def test_a_few_anchors_and_aliases_are_fine(tmp_path):
+    text = (
+        "defaults: &shared\n  grace_hours: 48\nkeys:\n"
+        "  - {name: a, org: acme, service_account: ci-bot, key_label: a, vault_path: kosli/a, <<: *shared}\n"
+    )
+    (entry_a,) = load_inventory(write(tmp_path, text)).entries
+    assert entry_a.grace_hours == 48

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest
 from kosli_rotation.key_store import VaultPath, open_vault
+from kosli_rotation.scrub import describe_error
+
+#: A KV v2 mount as the inventory may name it: one segment of ASCII letters, digits, ``_`` and ``-``, so it can
+#: neither end a quoted string in the generated HCL policy nor reach another mount (or ``sys/``) through a ``/``.
+VAULT_MOUNT = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class VaultKvConfig(ConsumerConfig):
     kind: Literal["vault_kv"]
     path: VaultPath
     field: str = "KOSLI_API_TOKEN"
-    mount: str | None = None
+    mount: str | None = Field(default=None, pattern=VAULT_MOUNT, description="KV v2 mount; default: the connection's.")
     conn_id: str = "vault_default"
 
 
@@ -84,7 +91,9 @@ class VaultKvConsumer(Consumer[VaultKvConfig]):
                 return
             except hvac.exceptions.InvalidRequest as error:
                 if "check-and-set" not in str(error):
-                    raise ConsumerError(self.name, f"Vault refused the write: {error}", retryable=False) from None
+                    raise ConsumerError(
+                        self.name, f"Vault refused the write: {describe_error(error)}", retryable=False
+                    ) from None
             except hvac.exceptions.Forbidden:
                 raise ConsumerError(self.name, f"Vault denied writing {self.describe()}", retryable=False) from None
         raise ConsumerError(self.name, "the secret kept changing under us (5 check-and-set conflicts)")
