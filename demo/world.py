@@ -196,8 +196,12 @@ def write_inventory(state_dir: Path, consumers: dict[str, list[dict[str, Any]]])
 
     Returns its path and, per key, the labels of its consumer batches (one mapped task each, in map index order,
     as the grid shows them)."""
+    from kosli_rotation.consumers.kosli_cli_config import DIRS_ENV_VAR
     from kosli_rotation.inventory import InventoryError, load_inventory
 
+    # The CLI configs live under state_dir/consumers: the one directory the workers may write them to (every
+    # Airflow process the demo starts inherits this environment).
+    os.environ[DIRS_ENV_VAR] = str(state_dir / "consumers")
     path = state_dir / "inventory.yaml"
     path.write_text(yaml.safe_dump(inventory_document(consumers), sort_keys=False))
     try:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,9 @@ os.environ.update(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
         "KOSLI_ROTATION_INVENTORY": str(REPO / "inventory.yaml"),
+        # Where kosli_cli_config consumers may write: the repo inventory's /etc/kosli, and the tests' temporary
+        # directories (every scenario writes its CLI config under its tmp_path). Tests of the allowlist narrow it.
+        "KOSLI_ROTATION_CLI_CONFIG_DIRS": f"/etc/kosli:{tempfile.gettempdir()}",
     }
 )
 

@@ -17,7 +17,7 @@ CONFIGS = TypeAdapter(AnyConsumerConfig)
 #: A minimal valid inventory entry for each kind.
 MINIMAL: dict[str, dict[str, Any]] = {
     "vault_kv": {"path": "apps/ci"},
-    "kosli_cli_config": {"path": "/etc/kosli.yml"},
+    "kosli_cli_config": {"path": "/etc/kosli/release.yml"},
     "aws_secrets_manager": {"secret_id": "kosli/ci"},
     "jenkins_credential": {"credential_id": "kosli-key"},
     "circleci_env": {"project_slug": "gh/acme/app"},

@@ -70,3 +70,43 @@ def test_a_vault_token_that_expires_before_the_rotation_can_finish_is_refused_in
     assert scenario.live_secrets() == [scenario.old_key]
     said = caplog.text + capfd.readouterr().out  # Airflow's logging may go to either, depending on test order
     assert "Vault token of connection 'vault_default' expires in 15 min, before this rotation can finish" in said
+
+
+# -- the inventory as a security boundary (issue 12.4) --------------------------------------------------------
+
+
+def test_an_inventory_entry_that_would_inject_into_the_vault_policy_is_a_broken_dag_that_cannot_rotate(scenario):
+    """A mount that ends the HCL string of its policy rule: the entry's DAG explains what to fix instead."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.support.scenario import REPO
+
+    path = scenario.write_inventory(vault_mount='secret" {capabilities=["sudo"]}\npath "sys/*')
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    dag = bag.dags[scenario.dag_id]
+    assert dag.description.startswith("Inventory entry is invalid: ")
+    assert f"{path}: keys[0] ({scenario.name}): vault_mount: " in dag.description
+    assert "rotate_and_store" not in dag.task_ids
+
+
+def test_a_cli_config_whose_directory_leads_outside_the_allowed_ones_is_refused_before_any_key_is_minted(
+    scenario, tmp_path, monkeypatch
+):
+    """A directory symlink inside the allowlist that points elsewhere: preflight refuses it, nothing is written
+    there, and no key is minted."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "cli").symlink_to(outside)
+    monkeypatch.setenv("KOSLI_ROTATION_CLI_CONFIG_DIRS", str(allowed))
+    vault_consumer, _ = scenario.entry["consumers"]
+    cli = {"name": "release-cli", "kind": "kosli_cli_config", "path": str(allowed / "cli" / "config.yml")}
+    scenario.write_inventory(consumers=[vault_consumer, cli])
+    scenario.kosli.reset_stats()
+
+    run = scenario.run(strategy="replace")
+
+    assert run.state == "failed"
+    assert scenario.task_states(run)["preflight"] == "failed"
+    assert list(outside.iterdir()) == [], "nothing written outside the allowed directories"
+    assert scenario.live_secrets() == [scenario.old_key], "no key minted"
