@@ -319,35 +319,56 @@ def _pair(who: str, entry: KeyEntry, other_who: str, other: KeyEntry) -> list[Pr
     return problems
 
 
-def _consumer_clashes(entries: list[tuple[str, KeyEntry]], found: list[list[Problem]]) -> None:
+def _prefixes(path: str) -> list[str]:
+    """``a/b/c`` -> ``a``, ``a/b``, ``a/b/c``: the records a path may lie in."""
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _consumer_clashes(
+    entries: list[tuple[str, KeyEntry]], records: dict[tuple[str, str], list[int]], found: list[list[Problem]]
+) -> None:
     """A vault_kv consumer aimed at a key's record (or the notes below it) would overwrite what the rotation of
     that key relies on: the consumer's entry and the record's are both broken."""
     for position, (who, entry) in enumerate(entries):
         for index, consumer in enumerate(entry.consumers):
             if not isinstance(consumer, VaultKvConfig):
                 continue
-            for target, (target_who, record) in enumerate(entries):
-                why = _same_mount(consumer.mount, record.vault_mount)
-                if why is None or consumer.conn_id != record.vault_conn_id:
-                    continue
-                if not _inside(consumer.path, record.vault_path):
-                    continue
-                owner = f"{target_who} itself" if target == position else target_who
-                writes = _where(consumer.conn_id, consumer.mount, consumer.path)
-                record_at = _where(record.vault_conn_id, record.vault_mount, record.vault_path)
-                said = f"vault_kv consumer {consumer.name!r} writes {writes}, in the Vault record {record_at}"
-                found[position].append((f"consumers[{index}].path", f"{said} of {owner}{why}"))
-                if target != position:
-                    found[target].append(("vault_path", f"{said} of this entry: it is a consumer of {who}{why}"))
+            for prefix in _prefixes(consumer.path):
+                for target in records.get((consumer.conn_id, prefix), []):
+                    target_who, record = entries[target]
+                    why = _same_mount(consumer.mount, record.vault_mount)
+                    if why is None:
+                        continue
+                    owner = f"{target_who} itself" if target == position else target_who
+                    writes = _where(consumer.conn_id, consumer.mount, consumer.path)
+                    record_at = _where(record.vault_conn_id, record.vault_mount, record.vault_path)
+                    said = f"vault_kv consumer {consumer.name!r} writes {writes}, in the Vault record {record_at}"
+                    found[position].append((f"consumers[{index}].path", f"{said} of {owner}{why}"))
+                    if target != position:
+                        found[target].append(("vault_path", f"{said} of this entry: it is a consumer of {who}{why}"))
 
 
 def clashes(entries: list[tuple[str, KeyEntry]]) -> list[list[Problem]]:
     """For each valid entry (named by ``who``, e.g. ``keys[2] (ci-bot)``), what it claims that another claims too.
-    Compared after defaults are applied; every pair is checked, so both entries of a clash learn of it."""
+    Compared after defaults are applied, both ways, so both entries of a clash learn of it. Only entries sharing a
+    name, a service account or a Vault connection and path prefix are compared (thousands of entries stay fast)."""
     found: list[list[Problem]] = [[] for _ in entries]
-    for i, (who, entry) in enumerate(entries):
-        for j, (other_who, other) in enumerate(entries):
-            if i != j:
-                found[i].extend(_pair(who, entry, other_who, other))
-    _consumer_clashes(entries, found)
+    names: dict[str, list[int]] = {}
+    accounts: dict[tuple[str, str], list[int]] = {}
+    records: dict[tuple[str, str], list[int]] = {}
+    for i, (_, entry) in enumerate(entries):
+        names.setdefault(entry.name, []).append(i)
+        accounts.setdefault((entry.org, entry.service_account), []).append(i)
+        records.setdefault((entry.vault_conn_id, entry.vault_path), []).append(i)
+    pairs = {(i, j) for group in (*names.values(), *accounts.values()) for i in group for j in group if i != j}
+    for i, (_, entry) in enumerate(entries):
+        for prefix in _prefixes(entry.vault_path):
+            pairs.update(
+                pair for j in records.get((entry.vault_conn_id, prefix), []) if j != i for pair in ((i, j), (j, i))
+            )
+    for i, j in sorted(pairs):
+        (who, entry), (other_who, other) = entries[i], entries[j]
+        found[i].extend(_pair(who, entry, other_who, other))
+    _consumer_clashes(entries, records, found)
     return found
