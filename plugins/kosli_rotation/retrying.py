@@ -55,5 +55,8 @@ def call_with_retries(
             past_deadline = deadline is not None and time.monotonic() + (delay or 0) > deadline
             if delay is None or out_of_attempts or past_deadline:
                 raise
-            log.warning("%s failed (%s); retry %d in %.1fs", what, describe_error(error), attempt, delay)
-            sleep(delay)
+            said = describe_error(error)
+        # Logged outside the handler: a log record made inside it carries the raw error as its context, which a
+        # failing log handler prints in full.
+        log.warning("%s failed (%s); retry %d in %.1fs", what, said, attempt, delay)
+        sleep(delay)

@@ -14,6 +14,7 @@ body, a proxy's HTML page, a parser's quote of a file), and that text may hold a
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import threading
 from typing import Any
@@ -137,3 +138,17 @@ def one_line(text: Any, *, limit: int = DEFAULT_LIMIT) -> str:
 def describe_error(error: BaseException | None, *, limit: int = 500) -> str:
     """What an exception says, on one line, fit for any sink."""
     return one_line(str(error) if error is not None else "unknown error", limit=limit)
+
+
+def scrub_exception(error: BaseException) -> BaseException:
+    """Scrub what ``error`` and every exception chained to it say, in place: Airflow prints the whole chain (the
+    ``During handling of the above exception`` part too) into the task log. Returns ``error``."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # An exception type whose args cannot be set is left as it is: the masker still applies to it.
+        with contextlib.suppress(Exception):
+            current.args = (describe_error(current),)
+        current = current.__cause__ or current.__context__
+    return error

@@ -19,7 +19,7 @@ from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
 from kosli_rotation.notifications import notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
-from kosli_rotation.scrub import describe_error, scrub, scrub_data
+from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
 from kosli_rotation.sensors import WaitForGraceEnd
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def airflow_outcome() -> Iterator[None]:
     except RotationError as error:
         if not error.retryable:
             raise AirflowFailException(describe_error(error)) from None
-        error.args = (describe_error(error),)
+        scrub_exception(error)
         raise
     except (AirflowSkipException, AirflowFailException):
         raise
