@@ -176,3 +176,20 @@ def test_an_init_service_unseals_openbao_and_gives_each_airflow_service_only_its
     assert _environment(services["airflow-apiserver"])["AIRFLOW_CONN_KOSLI_ROTATION_PAGE_VAULT"].startswith(
         "${AIRFLOW_CONN_KOSLI_ROTATION_PAGE_VAULT"
     )
+
+
+def test_the_stock_inventory_is_valid_in_the_compose_environment(compose: dict[str, Any], monkeypatch) -> None:
+    """Every Airflow service gets the CLI-config allowlist, and the bundled inventory's consumers fit inside it."""
+    from kosli_rotation.inventory import load_inventory
+
+    for name in (*AIRFLOW_SERVICES, "airflow-init"):
+        environment = _environment(compose["services"][name])
+        allowed = re.sub(
+            r"^\$\{KOSLI_ROTATION_CLI_CONFIG_DIRS:-(.*)\}$",
+            r"\1",
+            environment.get("KOSLI_ROTATION_CLI_CONFIG_DIRS", ""),
+        )
+        assert allowed, f"{name}: KOSLI_ROTATION_CLI_CONFIG_DIRS is not set, so no kosli_cli_config consumer can work"
+    monkeypatch.setenv("KOSLI_ROTATION_CLI_CONFIG_DIRS", allowed)
+    inventory = load_inventory(REPO / "inventory.yaml")
+    assert inventory.broken == [], [problem for broken in inventory.broken for problem in broken.problems]
