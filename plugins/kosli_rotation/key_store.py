@@ -325,9 +325,10 @@ class KeyStore:
         response = self._kv().read_secret_metadata(path=self.path, mount_point=self.mount)
         return dict(response["data"].get("custom_metadata") or {})
 
-    def write_note(self, relative: str, data: dict[str, Any], *, once: bool = False) -> str:
+    def write_note(self, relative: str, data: dict[str, Any], *, once: bool = False) -> str | None:
         """Write a non-secret document (scrubbed) next to the record, of any size: consumer status, or with
-        ``once`` a write-once audit entry (check-and-set 0: an entry that exists is kept as it is)."""
+        ``once`` a write-once audit entry (check-and-set 0: an entry that exists is kept as it is, and None is
+        returned instead of its location)."""
         import hvac.exceptions
 
         path, packed = f"{self.path}/{relative}", pack_note(scrub_data(data))
@@ -344,6 +345,7 @@ class KeyStore:
             if not (once and self.read_note(relative) is not None):
                 raise KeyStoreError(f"Vault refused the write to {self.mount}/{path}: {error}") from None
             log.info("%s/%s was written before (write-once): kept as it is", self.mount, path)
+            return None
         return f"{self.mount}/{path}"
 
     def read_note(self, relative: str) -> dict[str, Any] | None:

@@ -348,7 +348,11 @@ class Rotation:
         )
         if record.is_rollback:
             audit["restored_key"]["stored_at"] = iso(rotated_at)
-        audit_path = self.store.write_note(audit_name(record), audit, once=True)
+        name = audit_name(record)
+        # Audit entries are write-once: a finalize resumed after its entry was sealed adds a supplement.
+        audit_path = self.store.write_note(name, audit, once=True) or self.store.write_note(
+            f"{name}-resumed-{int(time.time())}", {**audit, "supplements": name}, once=True
+        )
         kept_age = rotated_at if record.is_rollback else record.rotated_at
         self.store.update_fenced(
             record.attempt,

@@ -49,6 +49,8 @@ class KillPoint:
     arm: Callable[[CrashLab], Moment]
     kosli_hour: float = OUTLIVES_THE_CRASH  # for 'rotate' ('replace' has no grace period)
     leaves_a_trace: bool = True  # the killed task changed something, so the audit can tell
+    #: Killed after the write-once audit entry was sealed: the entry stays as written, a supplement tells the rest.
+    after_the_audit: bool = False
 
 
 def _held(rule) -> Moment:
@@ -138,7 +140,7 @@ KILL_POINTS = {
         KillPoint("revoke_old: revoked, before Vault", _revoked_before_vault, SHORT),
         KillPoint("confirm_old_key_dead", _confirm_old_key_dead, SHORT),
         KillPoint("finalize: before the audit entry", _before_audit, SHORT),
-        KillPoint("finalize: audit written, before Vault", _audit_written_before_vault, SHORT),
+        KillPoint("finalize: audit written, before Vault", _audit_written_before_vault, SHORT, after_the_audit=True),
     ]
 }
 #: With rotate, Kosli keeps the key id: nothing is DELETEd (the grace expiry kills the old secret).
@@ -180,10 +182,13 @@ def assert_recovered(lab: CrashLab, run) -> dict:
     assert scenario.probe(scenario.old_key) == 401, "the old secret is dead"
     assert "previous_key" not in record, "Vault forgot the dead key"
     audits = scenario.audit_entries()
-    assert len(audits) == 1, "one rotation, one audit entry"
-    assert audits[0]["new_key"]["fingerprint"] == fingerprint(key)
-    assert audits[0]["old_key"]["fingerprint"] == fingerprint(scenario.old_key)
-    return audits[0]
+    sealed = [audit for audit in audits if "supplements" not in audit]
+    assert len(sealed) == 1, "one rotation, one audit entry (and at most a supplement from a resumed finalize)"
+    assert len(audits) - len(sealed) <= 1
+    for audit in audits:
+        assert audit["new_key"]["fingerprint"] == fingerprint(key)
+        assert audit["old_key"]["fingerprint"] == fingerprint(scenario.old_key)
+    return audits[-1]
 
 
 def assert_audit_tells_the_interruption(audit: dict) -> None:
@@ -201,6 +206,10 @@ def test_a_killed_task_is_recovered_by_rerunning_the_run(lab: CrashLab, scenario
     rerun = lab.rerun(killed)
 
     audit = assert_recovered(lab, rerun)
+    if point.after_the_audit:
+        sealed, supplement = scenario.audit_entries()
+        assert "supplements" not in sealed, "the entry sealed before the kill is kept as it was written"
+        assert supplement["supplements"], "the resumed finalize adds a supplement instead of overwriting it"
     if point.leaves_a_trace:
         assert_audit_tells_the_interruption(audit)
 

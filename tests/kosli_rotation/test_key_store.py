@@ -122,11 +122,13 @@ def test_a_small_note_is_written_as_it_is(store, kv, vault_mount):
 
 
 def test_a_write_once_note_that_exists_is_kept_as_it_is(store, kv, vault_mount):
-    """A retried finalize writes its audit entry again: the first one stays, and the retry does not fail."""
+    """A retried finalize writes its audit entry again: the first one stays, the retry does not fail, and is told
+    the entry was sealed before (None) so it can add a supplement instead."""
     first = store.write_note("audit/20261201T000000Z-a1", {"event": "kosli-key-rotated", "try": 1}, once=True)
     again = store.write_note("audit/20261201T000000Z-a1", {"event": "kosli-key-rotated", "try": 2}, once=True)
 
-    assert first == again == f"{vault_mount}/kosli/acme/ci-bot/audit/20261201T000000Z-a1"
+    assert first == f"{vault_mount}/kosli/acme/ci-bot/audit/20261201T000000Z-a1"
+    assert again is None
     assert store.read_note("audit/20261201T000000Z-a1")["try"] == 1
 
 
