@@ -98,7 +98,7 @@ def _notifier(target: EmailTarget | WebhookTarget, subject: str, body: str, payl
             to=target.to,
             from_email=target.from_email,
             subject=subject,
-            html_content=f"<pre>{html.escape(body)}</pre>",
+            html_content=f"<pre>{html.escape(body, quote=False)}</pre>",  # element text: &, < and > are enough
             smtp_conn_id=target.conn_id,
         )
     from airflow.providers.http.notifications.http import HttpNotifier

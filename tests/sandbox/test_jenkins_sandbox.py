@@ -157,11 +157,11 @@ def test_create_get_update_and_delete_a_secret_text(jenkins_sandbox: Jenkins) ->
     assert "<secret>{AQAAABAAAAAQ" in shown.text  # a short value: one 16-byte block
     assert "v1" not in shown.text
 
-    updated = jenkins_sandbox.post_xml(f"{credential}/config.xml", secret_text_xml("kosli", "v2 <&>", "d2"))
+    updated = jenkins_sandbox.post_xml(f"{credential}/config.xml", secret_text_xml("kosli", "second-value <&>", "d2"))
     assert updated.status_code == 200
     stored = jenkins_sandbox.server.stored_credential("kosli")
-    assert (stored["secret"], stored["description"]) == ("v2 <&>", "d2")
-    assert "v2" not in stored["stored_xml"]
+    assert (stored["secret"], stored["description"]) == ("second-value <&>", "d2")
+    assert "second-value" not in stored["stored_xml"], "stored encrypted"
 
     listed = jenkins_sandbox.call("GET", f"{SYSTEM_DOMAIN}/api/json", params={"tree": "credentials[id]"}).json()
     assert listed["credentials"] == [{"id": "kosli"}]
