@@ -105,6 +105,12 @@ class Consumer(ABC, Generic[ConfigT]):
     def write(self, key: str) -> None:
         """Create or update the stored value. Must be idempotent."""
 
+    def retire_superseded(self, key: str) -> str | None:
+        """Once the old key is dead: disable (or destroy) the earlier values this store keeps, when its inventory
+        entry asks for it. Never touches the value holding ``key``; must be safe to call again. Returns what was
+        done, for the log (None: nothing to do, the default for stores that keep no history)."""
+        return None
+
     def read_digest(self) -> str | None:
         """Full digest (``fingerprints.digest``) of the value the consumer holds now, or None if it holds nothing.
 
