@@ -241,6 +241,16 @@ class ConsumerEngine:
         _, failures = run_concurrently(readable, read)
         return {failure.consumer: str(failure) for failure in failures}
 
+    def retire_superseded(self, record: KeyRecord) -> dict[str, str]:
+        """Once the outgoing key is dead: let each store that keeps earlier versions retire them (as its entry
+        asks); a failure fails the step, naming every consumer that failed, and a rerun tries again."""
+
+        def retire(consumer: Consumer) -> str:
+            return consumer.retire_superseded(record.key) or ""
+
+        outcomes = for_each_consumer(self.consumers(), retire)
+        return {name: outcome for name, outcome in outcomes.items() if outcome}
+
 
 def fingerprint_of(held_digest: str | None, record: KeyRecord) -> str:
     """How a held value is shown: which key it is, if it is one we know."""

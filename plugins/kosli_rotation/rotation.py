@@ -14,7 +14,7 @@ unfinished rotation instead of starting another one:
 5. ``wait_grace`` (a deferrable sensor, see ``sensors.py``): Kosli's grace period, or for ``replace`` the
    observation window of the outgoing key's use, has passed.
 6. ``revoke_old`` / ``confirm_old_key_dead``: on live evidence only (``revocation.py``), the old key is revoked
-   and gets HTTP 401.
+   and gets HTTP 401; then stores that keep versions retire the earlier ones, where the inventory asks.
 7. ``finalize``: the audit entry, then the record forgets the old key.
 
 A rollback (``rollback.py``) runs steps 4, 6 and 7 of this class on a record whose roles it swapped. Nothing here
@@ -32,12 +32,7 @@ from functools import cached_property
 from typing import Any
 
 from kosli_rotation.consumer_engine import ConsumerEngine, describe_all, for_each_consumer, plan_line
-from kosli_rotation.errors import (
-    ConcurrentWriteError,
-    ConsumerError,
-    RunNotNeeded,
-    VerificationError,
-)
+from kosli_rotation.errors import ConcurrentWriteError, ConsumerError, RunNotNeeded, VerificationError
 from kosli_rotation.facts import audit_entry, audit_name, failure_facts, key_reference
 from kosli_rotation.fingerprints import fingerprint
 from kosli_rotation.inventory import KeyEntry
@@ -325,7 +320,8 @@ class Rotation:
             self.store.update_fenced(record.attempt, lambda r: r.dead() if r.state == Phase.OLD_KEY_REVOKED else None)
         self.revocation.confirm_staying_works(record)
         log.info("Outgoing key %s (%s) gets HTTP 401; key %s gets 200", record.outgoing_key_id, old_fp, record.key_id)
-        return {"old_key_id": record.outgoing_key_id, "old_fingerprint": old_fp, "status": 401}
+        retired = self.engine.retire_superseded(record)
+        return {"old_key_id": record.outgoing_key_id, "old_fingerprint": old_fp, "status": 401, "retired": retired}
 
     # -- 7. finalize ----------------------------------------------------------------------------
 
