@@ -8,12 +8,12 @@ may read metadata but not the key. Time that decides who owns a record is Vault'
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, ValidationError
 
@@ -21,19 +21,18 @@ from kosli_rotation.errors import ConcurrentWriteError, FenceLost, InvalidReques
 from kosli_rotation.fingerprints import hold_secret
 from kosli_rotation.record import MANAGED_BY, KeyRecord, Phase, iso
 from kosli_rotation.retrying import backoff_delay, call_with_retries
-from kosli_rotation.scrub import scrub_data
+from kosli_rotation.scrub import describe_error, scrub_data
+from kosli_rotation.vault_notes import pack_note, unpack_note
 
 if TYPE_CHECKING:
     import hvac
 
-__all__ = ["MANAGED_BY", "KeyRecord", "KeyStore", "Phase", "Snapshot", "VaultPath"]
+__all__ = ["MANAGED_BY", "KeyRecord", "KeyStore", "Phase", "Snapshot", "VaultPath", "check_and_set"]
 
 log = logging.getLogger(__name__)
-#: OpenBao refuses a request whose JSON holds more than 1000 strings, keys included ("refused JSON input due to high
-#: complexity"). A note above this budget (an audit entry listing hundreds of consumers) keeps its top-level scalars
-#: as they are and carries its largest fields as JSON text, named in ``PACKED_FIELDS``; ``read_note`` unpacks them.
-NOTE_STRING_BUDGET = 400
-PACKED_FIELDS = "packed_as_json_text"
+S = TypeVar("S")
+T = TypeVar("T")
+W = TypeVar("W")
 
 
 def check_vault_path(path: str) -> str:
@@ -99,8 +98,34 @@ def _vault_delay(error: Exception, attempt: int) -> float | None:
     return backoff_delay(attempt, cap=15.0) if isinstance(error, retryable) else None
 
 
+def check_and_set(
+    read: Callable[[], S],
+    change: Callable[[S], W | None],
+    write: Callable[[S, W], S],
+    *,
+    deadline: float | None = None,
+    max_conflicts: int | None = None,
+) -> S:
+    """The one check-and-set loop: ``read``, ``change`` it (None: nothing to write, the read is returned), ``write``
+    naming the version read; when another writer got in between (``ConcurrentWriteError``), read and re-apply, until
+    ``deadline`` passes or after ``max_conflicts`` conflicts (then the conflict is raised)."""
+    conflicts = 0
+    while True:
+        current = read()
+        changed = change(current)
+        if changed is None:
+            return current
+        try:
+            return write(current, changed)
+        except ConcurrentWriteError:
+            conflicts += 1
+            if (deadline is not None and time.monotonic() > deadline) or conflicts == max_conflicts:
+                raise
+
+
 class KeyStore:
-    """Reads and writes one key's Vault record, always with check-and-set."""
+    """Reads and writes one Vault KV secret, always with check-and-set: a key's record (``load``, ``save``,
+    ``update``), or any secret one of whose fields is set (``read_data``, ``set_field``: the vault_kv consumer)."""
 
     def __init__(self, path: str, *, conn_id: str = "vault_default", mount: str | None = None) -> None:
         self.path = path
@@ -128,32 +153,41 @@ class KeyStore:
     def _kv(self) -> Any:
         return self.client.secrets.kv.v2
 
-    def load(self, *, deadline: float | None = None) -> Snapshot:
-        """Read the record. Raises ``KeyStoreError`` naming the path when it is missing or malformed."""
+    def _retried(self, action: Callable[[], T], doing: str, deadline: float | None = None) -> T:
+        """``action`` retried while Vault is away (until ``deadline``, else 5 attempts), never on a refusal."""
+        attempts = None if deadline else 5
+        return call_with_retries(action, delay_for=_vault_delay, what=doing, deadline=deadline, max_attempts=attempts)
+
+    def _denied(self, doing: str) -> InvalidRequestError:
+        return InvalidRequestError(
+            f"Vault denied {doing} {self.location}: the token of connection {self.conn_id!r} needs "
+            "the policy printed by `python -m kosli_rotation.vault_policy`"
+        )
+
+    def _write_current(self, data: dict[str, Any], version: int, *, deadline: float | None) -> int:
+        """Write ``data`` to ``path`` only if it is still at ``version`` (0: absent); the new version.
+        ``ConcurrentWriteError`` when another writer got in first."""
         import hvac.exceptions
 
-        def read() -> dict[str, Any]:
-            return self._kv().read_secret_version(path=self.path, mount_point=self.mount, raise_on_deleted_version=True)
-
+        write = partial(self._kv().create_or_update_secret, self.path, data, cas=version, mount_point=self.mount)
         try:
-            response = call_with_retries(
-                read,
-                delay_for=_vault_delay,
-                what=f"reading Vault {self.location}",
-                deadline=deadline,
-                max_attempts=None if deadline else 5,
-            )
-        except hvac.exceptions.InvalidPath as error:
+            response = self._retried(write, f"writing Vault {self.location}", deadline)
+        except hvac.exceptions.InvalidRequest as error:
+            if "check-and-set" in str(error):
+                raise ConcurrentWriteError(f"Vault {self.location} changed since version {version} was read") from None
+            raise KeyStoreError(f"Vault refused the write to {self.location}: {describe_error(error)}") from None
+        except hvac.exceptions.Forbidden as error:
+            raise self._denied("writing") from error
+        return int(response["data"]["version"])
+
+    def load(self, *, deadline: float | None = None) -> Snapshot:
+        """Read the record. Raises ``KeyStoreError`` naming the path when it is missing or malformed."""
+        data, version = self.read_data(deadline=deadline)
+        if not data:
             raise KeyStoreError(
                 f"Vault record {self.location} does not exist. Store the current key there first, "
                 f"for example: bao kv put -mount={self.mount} {self.path} key=<current Kosli key>",
-            ) from error
-        except hvac.exceptions.Forbidden as error:
-            raise InvalidRequestError(
-                f"Vault denied reading {self.location}: the token of connection {self.conn_id!r} needs "
-                "the policy printed by `python -m kosli_rotation.vault_policy`"
-            ) from error
-        data = response["data"]["data"] or {}
+            )
         try:
             record = KeyRecord.model_validate(data)
         except ValidationError as error:
@@ -164,38 +198,13 @@ class KeyStore:
         hold_secret(record.key)
         if record.outgoing_key:
             hold_secret(record.outgoing_key)
-        return Snapshot(record, int(response["data"]["metadata"]["version"]))
+        return Snapshot(record, version)
 
     def save(self, record: KeyRecord, version: int, *, deadline: float | None = None) -> Snapshot:
         """Write ``record`` only if the record is still at ``version``; return the new snapshot."""
-        import hvac.exceptions
-
         # Every field but the two keys is text a person (or a remote, through an error) wrote: scrub it.
         data = {name: v if name in RECORD_SECRETS else scrub_data(v) for name, v in record.to_vault().items()}
-
-        def write() -> dict[str, Any]:
-            return self._kv().create_or_update_secret(path=self.path, secret=data, cas=version, mount_point=self.mount)
-
-        try:
-            response = call_with_retries(
-                write,
-                delay_for=_vault_delay,
-                what=f"writing Vault {self.location}",
-                deadline=deadline,
-                max_attempts=None if deadline else 5,
-            )
-        except hvac.exceptions.InvalidRequest as error:
-            if "check-and-set" in str(error):
-                raise ConcurrentWriteError(
-                    f"Vault record {self.location} changed since version {version} was read"
-                ) from None
-            raise KeyStoreError(f"Vault refused the write to {self.location}: {error}") from None
-        except hvac.exceptions.Forbidden as error:
-            raise InvalidRequestError(
-                f"Vault denied writing {self.location}: the token of connection {self.conn_id!r} needs "
-                "the policy printed by `python -m kosli_rotation.vault_policy`"
-            ) from error
-        new_version = int(response["data"]["version"])
+        new_version = self._write_current(data, version, deadline=deadline)
         self._mirror_metadata(record)
         return Snapshot(record, new_version)
 
@@ -204,17 +213,39 @@ class KeyStore:
 
         ``change`` returns None when there is nothing to write (the work is already done).
         """
-        while True:
-            snapshot = self.load(deadline=deadline)
-            changed = change(snapshot.record.model_copy(deep=True))
-            if changed is None:
-                return snapshot
-            try:
-                return self.save(changed, snapshot.version, deadline=deadline)
-            except ConcurrentWriteError:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise
-                continue
+        return check_and_set(
+            lambda: self.load(deadline=deadline),
+            lambda snapshot: change(snapshot.record.model_copy(deep=True)),
+            lambda snapshot, record: self.save(record, snapshot.version, deadline=deadline),
+            deadline=deadline,
+        )
+
+    def read_data(self, *, deadline: float | None = None) -> tuple[dict[str, Any], int]:
+        """The secret's fields as they are, and its version: ({}, 0) when it does not exist, ({}, n) when its latest
+        version n is deleted (a check-and-set write must name n)."""
+        import hvac.exceptions
+
+        read = partial(
+            self._kv().read_secret_version, self.path, mount_point=self.mount, raise_on_deleted_version=False
+        )
+        try:
+            response = self._retried(read, f"reading Vault {self.location}", deadline)["data"]
+        except hvac.exceptions.InvalidPath:
+            return {}, 0
+        except hvac.exceptions.Forbidden as error:
+            raise self._denied("reading") from error
+        return dict(response["data"] or {}), int(response["metadata"]["version"])
+
+    def set_field(self, field: str, value: str, *, deadline: float | None = None, max_conflicts: int = 5) -> None:
+        """Set ``field`` of the secret at ``path`` to ``value``, keeping its other fields (creating it when absent):
+        the check-and-set loop of ``update``, with its retries; nothing is written when it holds ``value``."""
+        check_and_set(
+            lambda: self.read_data(deadline=deadline),
+            lambda held: None if held[0].get(field) == value else {**held[0], field: value},
+            lambda held, data: (data, self._write_current(data, held[1], deadline=deadline)),
+            deadline=deadline,
+            max_conflicts=max_conflicts,
+        )
 
     def update_fenced(
         self, attempt: str | None, change: Callable[[KeyRecord], KeyRecord | None], *, deadline: float | None = None
@@ -240,7 +271,7 @@ class KeyStore:
         def health() -> Any:
             return self.client.sys.read_health_status(method="GET", standby_ok=True)
 
-        response = call_with_retries(health, delay_for=_vault_delay, what=f"reading the time of Vault {self.location}")
+        response = self._retried(health, f"reading the time of Vault {self.location}")
         body = response.json() if hasattr(response, "json") else response
         return float(body["server_time_utc"])
 
@@ -292,7 +323,7 @@ class KeyStore:
         import hvac.exceptions
 
         try:
-            call_with_retries(write, delay_for=_vault_delay, what=f"parking a key at Vault {self.mount}/{path}")
+            self._retried(write, f"parking a key at Vault {self.mount}/{path}")
         except hvac.exceptions.InvalidRequest as error:
             if "check-and-set" not in str(error):
                 raise
@@ -333,12 +364,11 @@ class KeyStore:
 
         path, packed = f"{self.path}/{relative}", pack_note(scrub_data(data))
         try:
-            call_with_retries(
+            self._retried(
                 lambda: self._kv().create_or_update_secret(
                     path=path, secret=packed, mount_point=self.mount, **({"cas": 0} if once else {})
                 ),
-                delay_for=_vault_delay,
-                what=f"writing Vault {self.mount}/{path}",
+                f"writing Vault {self.mount}/{path}",
             )
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden) as error:
             # An entry that exists answers cas=0 with a check-and-set error, or 403 under the create-only policy.
@@ -367,38 +397,3 @@ class KeyStore:
         except hvac.exceptions.InvalidPath:
             return []
         return list(response["data"]["keys"])
-
-
-def _strings(value: Any) -> int:
-    """How many JSON strings ``value`` is written as (object keys count, as Vault's request limits count them)."""
-    if isinstance(value, dict):
-        return sum(1 + _strings(item) for item in value.values())
-    if isinstance(value, list):
-        return sum(_strings(item) for item in value)
-    return 1 if isinstance(value, str) else 0
-
-
-def pack_note(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` as written to Vault: unchanged when small; else its largest fields as JSON text, largest first,
-    until it fits ``NOTE_STRING_BUDGET``."""
-    if _strings(data) <= NOTE_STRING_BUDGET:
-        return data
-    packed, names = dict(data), []
-    for name in sorted((n for n, v in data.items() if isinstance(v, dict | list)), key=lambda n: -_strings(data[n])):
-        packed[name] = json.dumps(data[name], sort_keys=True)
-        names.append(name)
-        if _strings(packed) + len(names) + 1 <= NOTE_STRING_BUDGET:
-            break
-    packed[PACKED_FIELDS] = names
-    return packed
-
-
-def unpack_note(data: dict[str, Any]) -> dict[str, Any]:
-    """A note as ``pack_note`` was given it."""
-    names = data.get(PACKED_FIELDS)
-    if not names:
-        return data
-    unpacked = {name: value for name, value in data.items() if name != PACKED_FIELDS}
-    for name in names:
-        unpacked[name] = json.loads(data[name])
-    return unpacked
