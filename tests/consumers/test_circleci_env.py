@@ -348,6 +348,22 @@ def test_missing_connection_is_explained(world: World) -> None:
     assert raised.value.retryable is False
 
 
+def test_an_unreadable_connection_is_not_called_undefined(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secrets backend that cannot be loaded is reported as such, retryable: not as a connection to create."""
+    from airflow.sdk.configuration import clear_secrets_backends_cache
+
+    for section in ("SECRETS__BACKEND", "WORKERS__SECRETS_BACKEND"):
+        monkeypatch.setenv(f"AIRFLOW__{section}", "nowhere.MissingBackend")
+    clear_secrets_backends_cache()
+    try:
+        with pytest.raises(ConsumerError, match="cannot read Airflow connection 'circleci_default'") as raised:
+            world.consumer().check_access()
+    finally:
+        clear_secrets_backends_cache()
+    assert "secrets_backend" in str(raised.value) and "not defined" not in str(raised.value)
+    assert raised.value.retryable is True
+
+
 # -- transient failures ----------------------------------------------------------------------------------
 
 

@@ -11,8 +11,8 @@ a variable of the same name). CircleCI never returns values, so verification is 
 variable's ``updated_at`` (it moves on every write), or a project variable's masked value ``xxxx`` + last 4
 characters (a weak check); plus, when configured, a canary pipeline whose workflows must all succeed.
 
-Retries: ``HttpHook`` does not retry by itself (``run`` sends once); ``call_with_retries`` retries 429 and 5xx
-(honouring ``Retry-After``, else ``X-RateLimit-Reset`` when ``X-RateLimit-Remaining`` is 0), timeouts and
+Retries: ``HttpHook`` does not retry by itself (``run`` sends once); the shared ``Transport`` retries transient
+answers (honouring ``Retry-After``, else ``X-RateLimit-Reset`` when ``X-RateLimit-Remaining`` is 0), timeouts and
 connection errors; 401/403/404 stop at once.
 """
 
@@ -20,35 +20,45 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import astuple
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
+from kosli_rotation.consumers.transport import (
+    Fixes,
+    Transport,
+    check_status,
+    classify_requests,
+    connection_or_explain,
+    poll_until,
+)
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import hold_secret
-from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 USER_AGENT = "kosli-key-rotation/0.1"
 REQUEST_TIMEOUT = 30.0
-MAX_ATTEMPTS = 5
-RETRY_BUDGET_SECONDS = 180.0
-MAX_SINGLE_WAIT = 60.0
 MAX_PAGES = 100
 CLOCK_SKEW = 2.0
-FIRST_POLL_SECONDS = 0.25
-MAX_POLL_SECONDS = 5.0
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 ORG_SLUG = r"^(gh|github|bb|bitbucket)/[^/\s]+$"
 PROJECT_SLUG = r"^((gh|github|bb|bitbucket)/[^/\s]+/[^/\s]+|circleci/[0-9a-fA-F-]{36}/[0-9a-fA-F-]{36})$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 WORKFLOW_FAILED = frozenset({"failed", "error", "canceled", "unauthorized", "not_run"})
+#: What to change when CircleCI refuses; ``{conn_id}`` is filled per consumer.
+FIXES = Fixes(
+    unauthorized="set its password to a valid personal API token (project API tokens do not work on API v2)",
+    forbidden="its user must be an admin of the organization (contexts) or have write access to the project",
+    not_found="check the target in the inventory, and that the user of connection {conn_id!r} belongs to its "
+    "organization",
+)
+CREATE_CONNECTION = "an 'http' connection with host https://circleci.com and a personal API token as password"
 
 
 def _slug_path(slug: str) -> str:
@@ -105,50 +115,6 @@ class CircleCiEnvConfig(ConsumerConfig):
         return self
 
 
-class _CircleCiHttpError(Exception):
-    """A CircleCI answer outside the expected statuses. Carries no request body, so never the key."""
-
-    def __init__(self, status: int, message: str, wait_hint: float | None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-        self.wait_hint = wait_hint
-
-
-def _error_message(response: Any) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return " ".join((response.text or "").split())[:200] or response.reason or "no message"
-    message = body.get("message") if isinstance(body, dict) else None
-    return str(message or body)[:200]
-
-
-def _wait_hint(response: Any) -> float | None:
-    """Seconds to wait from ``Retry-After``, else from ``X-RateLimit-Reset`` once nothing remains."""
-    hinted = retry_after_seconds(response.headers.get("Retry-After"))
-    if hinted is not None:
-        return hinted
-    reset = retry_after_seconds(response.headers.get("X-RateLimit-Reset"))
-    if reset is None or response.headers.get("X-RateLimit-Remaining") != "0":
-        return None
-    return max(0.0, reset - time.time()) if reset > 1_000_000_000 else reset  # epoch seconds or a delay
-
-
-def _is_transient_status(status: int) -> bool:
-    return status == 429 or (status >= 500 and status != 501)
-
-
-def _retry_delay(error: Exception, attempt: int) -> float | None:
-    import requests
-
-    if isinstance(error, _CircleCiHttpError):
-        if not _is_transient_status(error.status):
-            return None
-        return min(error.wait_hint, MAX_SINGLE_WAIT) if error.wait_hint is not None else backoff_delay(attempt)
-    return backoff_delay(attempt) if isinstance(error, requests.ConnectionError | requests.Timeout) else None
-
-
 def _parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
@@ -165,6 +131,10 @@ class CircleCiEnvConsumer(Consumer[CircleCiEnvConfig]):
         self._token: str | None = None
         self._api_prefix = "api/v2/"
         self._context_id = config.context_id
+        fixes = Fixes(*(text.format(conn_id=config.conn_id) for text in astuple(FIXES)))
+        self._transport = Transport(
+            consumer=config.name, service="CircleCI", conn_id=config.conn_id, classify=classify_requests, fixes=fixes
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -173,15 +143,7 @@ class CircleCiEnvConsumer(Consumer[CircleCiEnvConfig]):
             from airflow.providers.http.hooks.http import HttpHook
 
             conn_id = self.config.conn_id
-            try:
-                connection = HttpHook.get_connection(conn_id)
-            except Exception as error:
-                raise ConsumerError(
-                    self.name,
-                    f"Airflow connection {conn_id!r} is not defined ({type(error).__name__}): create an 'http' "
-                    "connection with host https://circleci.com and a personal API token as password",
-                    retryable=False,
-                ) from None
+            connection = connection_or_explain(conn_id, self.name, CREATE_CONNECTION)
             if not connection.password or connection.login:
                 raise ConsumerError(
                     self.name,
@@ -219,52 +181,9 @@ class CircleCiEnvConsumer(Consumer[CircleCiEnvConfig]):
                 headers=headers,
                 extra_options={"check_response": False, "timeout": REQUEST_TIMEOUT},
             )
-            if response.status_code in accept:
-                return response
-            raise _CircleCiHttpError(response.status_code, _error_message(response), _wait_hint(response))
+            return check_status(response, accept)
 
-        try:
-            return call_with_retries(
-                attempt,
-                delay_for=_retry_delay,
-                what=f"CircleCI {method} /{path}",
-                max_attempts=MAX_ATTEMPTS,
-                deadline=time.monotonic() + RETRY_BUDGET_SECONDS,
-            )
-        except _CircleCiHttpError as error:
-            raise self._failure(error, what) from None
-        except Exception as error:
-            raise ConsumerError(
-                self.name,
-                f"cannot {what}: CircleCI unreachable ({type(error).__name__}) via connection {self.config.conn_id!r}",
-            ) from None
-
-    def _failure(self, error: _CircleCiHttpError, what: str) -> ConsumerError:
-        conn_id = self.config.conn_id
-        said = f"HTTP {error.status}: {error.message}"
-        if error.status == 401:
-            return ConsumerError(
-                self.name,
-                f"CircleCI rejected the token of connection {conn_id!r} ({said}); set its password to a valid "
-                "personal API token (project API tokens do not work on API v2)",
-                retryable=False,
-            )
-        if error.status == 403:
-            return ConsumerError(
-                self.name,
-                f"CircleCI refused to {what} for connection {conn_id!r} ({said}); its user must be an admin of the "
-                "organization (contexts) or have write access to the project",
-                retryable=False,
-            )
-        if error.status == 404:
-            return ConsumerError(
-                self.name,
-                f"cannot {what} ({said}): check the target in the inventory, and that the user of connection "
-                f"{conn_id!r} belongs to its organization",
-                retryable=False,
-            )
-        retryable = _is_transient_status(error.status)
-        return ConsumerError(self.name, f"cannot {what} ({said})", retryable=retryable)
+        return self._transport.call(attempt, what)
 
     def _items(self, path: str, what: str, params: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         """Every item of a listing, following ``next_page_token`` (stopping if CircleCI repeats a token)."""
@@ -407,23 +326,10 @@ class CircleCiEnvConsumer(Consumer[CircleCiEnvConfig]):
                 return workflows
             return None
 
-        workflows = self._poll(finished, deadline)
+        workflows = poll_until(finished, deadline)
         if workflows is None:
             return False, f"{label} did not finish within {self.config.canary_timeout_seconds:g} s"
         summary = ", ".join(f"{workflow.get('name')} {workflow.get('status')}" for workflow in workflows)
         ok = all(workflow.get("status") == "success" for workflow in workflows)
         log.info("%s finished: %s", label, summary)
         return ok, f"{label}: {summary}"
-
-    @staticmethod
-    def _poll(probe: Callable[[], T | None], deadline: float) -> T | None:
-        """Call ``probe`` with growing pauses until it returns a value or the deadline passes."""
-        pause = FIRST_POLL_SECONDS
-        while True:
-            value = probe()
-            if value is not None:
-                return value
-            if time.monotonic() + pause > deadline:
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, MAX_POLL_SECONDS)
