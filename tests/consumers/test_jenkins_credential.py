@@ -17,10 +17,11 @@ import requests
 from pydantic import ValidationError
 
 from kosli_rotation.consumers.jenkins_credential import (
-    SECRET_TEXT_CLASS,
+    CRUMB_ATTEMPTS,
     JenkinsCredentialConfig,
     JenkinsCredentialConsumer,
 )
+from kosli_rotation.consumers.jenkins_xml import SECRET_TEXT_CLASS
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.scrub import scrub
 from sandbox.jenkins import JenkinsSandbox
@@ -354,6 +355,22 @@ def test_missing_connection_is_explained(world: World) -> None:
     assert raised.value.retryable is False
 
 
+def test_an_unreadable_connection_is_not_called_undefined(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secrets backend that cannot be loaded is reported as such, retryable: not as a connection to create."""
+    from airflow.sdk.configuration import clear_secrets_backends_cache
+
+    for section in ("SECRETS__BACKEND", "WORKERS__SECRETS_BACKEND"):
+        monkeypatch.setenv(f"AIRFLOW__{section}", "nowhere.MissingBackend")
+    clear_secrets_backends_cache()
+    try:
+        with pytest.raises(ConsumerError, match="cannot read Airflow connection 'jenkins_default'") as raised:
+            world.consumer().check_access()
+    finally:
+        clear_secrets_backends_cache()
+    assert "secrets_backend" in str(raised.value) and "not defined" not in str(raised.value)
+    assert raised.value.retryable is True
+
+
 # -- transient failures ----------------------------------------------------------------------------------
 
 
@@ -395,6 +412,20 @@ def test_a_crumb_jenkins_no_longer_accepts_is_refreshed(world: World) -> None:
 
     assert world.stored()["secret"] == world.new_key
     assert world.requests_to("crumb_issuer") == 2
+
+
+def test_a_crumb_refused_every_time_stops_with_the_cause(world: World) -> None:
+    """A proxy that drops Jenkins' session cookie makes every crumb stale: fetched again a few times, then a
+    non-retryable error that names the crumb, not a missing permission."""
+    page = "<html><head><title>Error 403 No valid crumb was included in the request</title></head></html>"
+    world.jenkins.faults.add(r"/createCredentials$", method="POST", status=403, body=page, times=None)
+
+    with pytest.raises(ConsumerError, match="CSRF crumb kept being refused") as raised:
+        world.consumer().write(world.new_key)
+
+    assert raised.value.retryable is False
+    assert world.jenkins.stats()["faults_fired"] == CRUMB_ATTEMPTS
+    assert world.requests_to("crumb_issuer") == CRUMB_ATTEMPTS  # the first crumb, then one per refusal but the last
 
 
 def test_the_key_never_reaches_the_logs(world: World, caplog: pytest.LogCaptureFixture) -> None:

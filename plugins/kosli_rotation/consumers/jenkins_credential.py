@@ -13,10 +13,10 @@ layout those helpers use: ``manage/credentials/store/system/domain/<d>/`` or
 ``job/<f>/job/<g>/credentials/store/folder/domain/<d>/``; then ``credential/<id>/config.xml`` (GET, POST) and
 ``createCredentials``.
 
-Retries: the hook builds the client with python-jenkins' defaults, i.e. urllib3 retries off and no timeout.
-We set a timeout and retry with ``call_with_retries``: 429/5xx (honouring ``Retry-After``, e.g. from a proxy in
-front of Jenkins, which has no rate limit of its own), timeouts and connection errors; 401/403 stop at once.
-python-jenkins folds HTTP errors into its own exceptions, whose ``__context__`` still holds the response.
+Retries: python-jenkins has urllib3 retries off and no timeout. We set a timeout and the shared ``Transport``
+retries (honouring ``Retry-After``, e.g. from a proxy: Jenkins has no rate limit of its own); a crumb Jenkins no
+longer accepts (it restarted) is fetched again at once. python-jenkins folds HTTP errors into its own exceptions,
+whose ``__context__`` still holds the response.
 """
 
 from __future__ import annotations
@@ -24,34 +24,40 @@ from __future__ import annotations
 import logging
 import re
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from dataclasses import astuple
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
+from kosli_rotation.consumers.jenkins_xml import new_credential_xml, secret_text_element, with_new_secret
+from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport, connection_or_explain, poll_until
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import hold_secret
-from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
+from kosli_rotation.scrub import describe_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SECRET_TEXT_CLASS = "org.jenkinsci.plugins.plaincredentials.impl.StringCredentialsImpl"
 XML_HEADERS = {"Content-Type": "application/xml; charset=utf-8"}
 REQUEST_TIMEOUT = 30.0
-MAX_ATTEMPTS = 5
-RETRY_BUDGET_SECONDS = 180.0
-MAX_SINGLE_WAIT = 60.0
-FIRST_POLL_SECONDS = 0.25
-MAX_POLL_SECONDS = 5.0
 NO_VALID_CRUMB = "No valid crumb"
+#: Requests sent with a fresh crumb before a crumb refusal is taken as final.
+CRUMB_ATTEMPTS = 3
 CANCELLED = -1  # stands for "no build will come" while following a queue item
 #: Characters Jenkins refuses in item names (``Jenkins.checkGoodName``).
 BAD_ITEM_CHARACTERS = re.compile(r'[\\?*%!@#$^&|<>\[\]:;"]')
+#: What to change when Jenkins refuses; ``{conn_id}`` is filled per consumer.
+FIXES = Fixes(
+    unauthorized="set its login to the Jenkins user and its password to a current API token of that user",
+    forbidden="grant its user Credentials/View, Create and Update on that store (and Job/Build on the canary)",
+    not_found="Jenkins has no such store, domain, folder or job: check store, domain and canary in the inventory, "
+    "and host, port and schema of connection {conn_id!r}",
+)
+CREATE_CONNECTION = "a 'jenkins' connection with host, port, login (Jenkins user) and password (its API token)"
 
 
 def _item_path(path: str) -> str:
@@ -66,6 +72,16 @@ def _item_path(path: str) -> str:
     return path
 
 
+def _domain_name(domain: str) -> str:
+    if not domain.strip() or "/" in domain or BAD_ITEM_CHARACTERS.search(domain):
+        raise ValueError(f"{domain!r} is not a credentials domain name ('_' is the global domain)")
+    return domain
+
+
+#: A folder or job full name, checked as Jenkins checks item names.
+ItemPath = Annotated[str, AfterValidator(_item_path)]
+
+
 def _item_url(path: str) -> str:
     """``team/app`` -> ``job/team/job/app/``, as python-jenkins builds job URLs."""
     return "".join(f"job/{quote(part, safe='')}/" for part in path.split("/"))
@@ -76,12 +92,7 @@ class FolderStore(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    folder: str = Field(description="Full name of the folder, e.g. 'team/deploy'.")
-
-    @field_validator("folder")
-    @classmethod
-    def _folder_path(cls, folder: str) -> str:
-        return _item_path(folder)
+    folder: ItemPath = Field(description="Full name of the folder, e.g. 'team/deploy'.")
 
 
 class JenkinsCanary(BaseModel):
@@ -89,22 +100,16 @@ class JenkinsCanary(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: str = Field(description="Full name of the job, e.g. 'team/kosli-canary'.")
+    job: ItemPath = Field(description="Full name of the job, e.g. 'team/kosli-canary'.")
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
-
-    @field_validator("job")
-    @classmethod
-    def _job_path(cls, job: str) -> str:
-        return _item_path(job)
 
     def build_parameters(self) -> dict[str, str] | None:
         """Jenkins parameters are strings; booleans as Jenkins writes them. None triggers ``/build``."""
-        if not self.parameters:
-            return None
-        return {
-            name: (str(value).lower() if isinstance(value, bool) else str(value))
+        as_text = {
+            name: str(value).lower() if isinstance(value, bool) else str(value)
             for name, value in self.parameters.items()
         }
+        return as_text or None
 
 
 class JenkinsCredentialConfig(ConsumerConfig):
@@ -115,20 +120,15 @@ class JenkinsCredentialConfig(ConsumerConfig):
         description="The credential's ID, as jobs reference it (letters, digits, '_', '.', '-').",
     )
     store: Literal["system"] | FolderStore = "system"
-    domain: str = Field(default="_", description="Credentials domain; '_' is the global domain.")
+    domain: Annotated[str, AfterValidator(_domain_name)] = Field(
+        default="_", description="Credentials domain; '_' is the global domain."
+    )
     description: str = Field(
         default="Kosli API key (rotated by kosli-key-rotation)",
         description="Used when the credential is created; an existing credential keeps its own.",
     )
     canary: JenkinsCanary | None = None
     canary_timeout_seconds: float = Field(default=600, gt=0)
-
-    @field_validator("domain")
-    @classmethod
-    def _domain_name(cls, domain: str) -> str:
-        if not domain.strip() or "/" in domain or BAD_ITEM_CHARACTERS.search(domain):
-            raise ValueError(f"{domain!r} is not a credentials domain name ('_' is the global domain)")
-        return domain
 
 
 def _says_http(use_https: Any) -> bool:
@@ -152,24 +152,6 @@ def _is_stale_crumb(response: Any) -> bool:
     return response is not None and response.status_code == 403 and NO_VALID_CRUMB in (response.text or "")
 
 
-def _retry_delay(error: Exception, attempt: int) -> float | None:
-    """How long to wait before retrying ``error``, or None when retrying cannot help."""
-    import jenkins
-    import requests
-
-    response = _http_response(error)
-    if response is None:
-        transient = isinstance(error, requests.ConnectionError | requests.Timeout | jenkins.TimeoutException)
-        return backoff_delay(attempt) if transient else None
-    status = response.status_code
-    if _is_stale_crumb(response):
-        return 0.0  # the crumb was dropped; the next attempt fetches a fresh one
-    if status == 429 or (status >= 500 and status != 501):
-        hinted = retry_after_seconds(response.headers.get("Retry-After"))
-        return min(hinted, MAX_SINGLE_WAIT) if hinted is not None else backoff_delay(attempt)
-    return None
-
-
 def _jenkins_message(response: Any) -> str:
     """The message of a Jenkins error page (its ``<title>``), or the start of a non-HTML body."""
     text = response.text or ""
@@ -178,9 +160,19 @@ def _jenkins_message(response: Any) -> str:
     return " ".join(message.split())[:200] or response.reason or "no message"
 
 
-def _parse_xml(text: str) -> ET.Element:
-    # XStream may declare XML 1.1; the declaration carries nothing we need.
-    return ET.fromstring(re.sub(r"^\s*<\?xml[^>]*\?>", "", text))
+def _classify(error: Exception) -> RemoteFailure | None:
+    """A Jenkins answer behind ``error`` (through python-jenkins' wrapping), or no answer at all; None otherwise."""
+    import jenkins
+    import requests
+
+    if isinstance(error, ConsumerError):
+        return None  # ours, already saying what to fix (its context may still hold the answer it is about)
+    response = _http_response(error)
+    if response is not None:
+        return RemoteFailure(response.status_code, _jenkins_message(response), dict(response.headers))
+    if isinstance(error, requests.ConnectionError | requests.Timeout | jenkins.TimeoutException):
+        return RemoteFailure(None, f"no answer ({type(error).__name__})")
+    return None
 
 
 class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
@@ -196,24 +188,18 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
     def __init__(self, config: JenkinsCredentialConfig) -> None:
         super().__init__(config)
         self._jenkins: Any = None
+        fixes = Fixes(*(text.format(conn_id=config.conn_id) for text in astuple(FIXES)))
+        self._transport = Transport(
+            consumer=config.name, service="Jenkins", conn_id=config.conn_id, classify=_classify, fixes=fixes
+        )
 
     # -- plumbing -------------------------------------------------------------------------------
 
     def _server(self) -> Any:
         """The python-jenkins client of the connection (checked first: no URL without a port), HTTPS by default."""
         if self._jenkins is None:
-            from airflow.providers.jenkins.hooks.jenkins import JenkinsHook
-
             conn_id = self.config.conn_id
-            try:
-                connection = JenkinsHook.get_connection(conn_id)
-            except Exception as error:
-                raise ConsumerError(
-                    self.name,
-                    f"Airflow connection {conn_id!r} is not defined ({type(error).__name__}): create a 'jenkins' "
-                    "connection with host, port, login (Jenkins user) and password (its API token)",
-                    retryable=False,
-                ) from None
+            connection = connection_or_explain(conn_id, self.name, CREATE_CONNECTION)
             problems = [
                 problem
                 for problem, missing in (
@@ -252,20 +238,22 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
         store = "the system store" if self.config.store == "system" else f"folder {self.config.store.folder}"
         return f"{store}, domain {self.config.domain}"
 
+    def _credential(self) -> str:
+        return f"credential {self.config.credential_id} in {self._where()}"
+
     def _retrying(self, action: Callable[[], T], what: str) -> T:
-        """Run one Jenkins call with bounded retries; turn its final failure into a ``ConsumerError``."""
+        """Run one Jenkins call through the transport; python-jenkins' own failures without an answer behind them
+        (an empty or unreadable one) become a retryable ``ConsumerError`` too."""
+        import jenkins
+
         try:
-            return call_with_retries(
-                action,
-                delay_for=_retry_delay,
-                what=f"Jenkins: {what}",
-                max_attempts=MAX_ATTEMPTS,
-                deadline=time.monotonic() + RETRY_BUDGET_SECONDS,
-            )
-        except ConsumerError:
-            raise
-        except Exception as error:
-            raise self._failure(error, what) from None
+            return self._transport.call(action, what)
+        except jenkins.JenkinsException as error:
+            raise ConsumerError(
+                self.name,
+                f"cannot {what}: Jenkins gave no usable answer ({describe_error(error, limit=200)}) via connection "
+                f"{self.config.conn_id!r}",
+            ) from None
 
     def _request(
         self, method: str, path: str, what: str, *, data: bytes | None = None, accept: tuple[int, ...] = ()
@@ -276,56 +264,25 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
         server = self._server()
 
         def attempt() -> Any:
-            request = requests.Request(method, server.server + path, data=data, headers=XML_HEADERS if data else {})
-            try:
-                return server.jenkins_request(request)
-            except Exception as error:
-                response = _http_response(error)
-                if response is not None and response.status_code in accept:
-                    return response
-                if _is_stale_crumb(response):
-                    server.crumb = None  # python-jenkins caches the crumb for good; make it fetch a new one
-                raise
+            for _ in range(CRUMB_ATTEMPTS):
+                request = requests.Request(method, server.server + path, data=data, headers=XML_HEADERS if data else {})
+                try:
+                    return server.jenkins_request(request)
+                except Exception as error:
+                    response = _http_response(error)
+                    if response is not None and response.status_code in accept:
+                        return response
+                    if not _is_stale_crumb(response):
+                        raise
+                server.crumb = None  # python-jenkins caches the crumb for good; make it fetch a new one
+            raise ConsumerError(
+                self.name,
+                f"Jenkins refused to {what} for connection {self.config.conn_id!r} (HTTP 403: {NO_VALID_CRUMB}); "
+                "the CSRF crumb kept being refused (a proxy dropping the session cookie?)",
+                retryable=False,
+            )
 
         return self._retrying(attempt, what)
-
-    def _failure(self, error: Exception, what: str) -> ConsumerError:
-        conn_id = self.config.conn_id
-        response = _http_response(error)
-        if response is None:
-            return ConsumerError(
-                self.name, f"cannot {what}: Jenkins unreachable ({type(error).__name__}) via connection {conn_id!r}"
-            )
-        status, message = response.status_code, _jenkins_message(response)
-        if status == 401:
-            hint = "set its login to the Jenkins user and its password to a current API token of that user"
-            return ConsumerError(
-                self.name,
-                f"Jenkins rejected the credentials of connection {conn_id!r} (HTTP 401: {message}); {hint}",
-                retryable=False,
-            )
-        if status == 403:
-            hint = (
-                "the CSRF crumb kept being refused (a proxy dropping the session cookie?)"
-                if _is_stale_crumb(response)
-                else "grant its user Credentials/View, Create and Update on that store (and Job/Build on the canary)"
-            )
-            return ConsumerError(
-                self.name,
-                f"Jenkins refused to {what} for connection {conn_id!r} (HTTP 403: {message}); {hint}",
-                retryable=False,
-            )
-        if status == 404:
-            return ConsumerError(
-                self.name,
-                f"cannot {what}: Jenkins has no such store, domain, folder or job (HTTP 404); check store, domain "
-                f"and canary in the inventory, and host, port and schema of connection {conn_id!r}",
-                retryable=False,
-            )
-        transient = status == 429 or (status >= 500 and status != 501)
-        return ConsumerError(
-            self.name, f"cannot {what}: Jenkins answered HTTP {status} ({message})", retryable=transient
-        )
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -350,14 +307,14 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
             self._request("GET", f"{_item_url(job)}api/json?tree=name", f"see canary job {job}")
 
     def write(self, key: str) -> None:
-        what = f"read credential {self.config.credential_id} in {self._where()}"
+        what = f"read {self._credential()}"
         current = self._request("GET", self._config_xml_url(), what, accept=(404,))
         if current.status_code == 404:
             created = self._request(
                 "POST",
                 f"{self._store_url()}createCredentials",
-                f"create credential {self.config.credential_id} in {self._where()}",
-                data=self._new_credential_xml(key),
+                f"create {self._credential()}",
+                data=new_credential_xml(self.config.credential_id, self.config.description, key),
                 accept=(409,),
             )
             if created.status_code != 409:
@@ -368,19 +325,19 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
         self._request(
             "POST",
             self._config_xml_url(),
-            f"update credential {self.config.credential_id} in {self._where()}",
-            data=self._updated_credential_xml(current.text, key),
+            f"update {self._credential()}",
+            data=with_new_secret(current.text, key, consumer=self.name, credential=self._credential()),
         )
         log.info("Updated the secret of Jenkins credential %s in %s", self.config.credential_id, self._where())
 
     def verify(self, key: str, written_at: float) -> Verification:
         """Existence (Jenkins keeps no modification time, so ``written_at`` cannot be checked), then the canary."""
-        what = f"read credential {self.config.credential_id} in {self._where()}"
+        what = f"read {self._credential()}"
         response = self._request("GET", self._config_xml_url(), what, accept=(404,))
         method = "write-only: credential exists" + (" + canary build" if self.config.canary else "")
         if response.status_code == 404:
-            return Verification(False, method, f"credential {self.config.credential_id} not found in {self._where()}")
-        element = self._secret_text_element(response.text)
+            return Verification(False, method, f"{self._credential()} not found")
+        element = secret_text_element(response.text, consumer=self.name, credential=self._credential())
         if element.findtext("id") != self.config.credential_id:
             return Verification(False, method, f"config.xml names id {element.findtext('id')!r}")
         exists = f"Secret text {self.config.credential_id} exists in {self._where()} (Jenkins shows no value or date)"
@@ -388,47 +345,6 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
             return Verification(True, method, exists + "; no canary configured, so the value itself is unproven")
         ok, outcome = self._run_canary(self.config.canary)
         return Verification(ok, method, f"{exists}; {outcome}")
-
-    # -- XML ------------------------------------------------------------------------------------
-
-    def _new_credential_xml(self, key: str) -> bytes:
-        element = ET.Element(SECRET_TEXT_CLASS)
-        for tag, text in (
-            ("scope", "GLOBAL"),
-            ("id", self.config.credential_id),
-            ("description", self.config.description),
-            ("secret", key),
-        ):
-            ET.SubElement(element, tag).text = text
-        return ET.tostring(element, encoding="utf-8")
-
-    def _secret_text_element(self, text: str) -> ET.Element:
-        try:
-            element = _parse_xml(text)
-        except ET.ParseError as error:
-            raise ConsumerError(self.name, f"Jenkins returned config.xml that is not XML ({error})") from None
-        if element.tag != SECRET_TEXT_CLASS:
-            raise ConsumerError(
-                self.name,
-                f"credential {self.config.credential_id} in {self._where()} is a {element.tag}, not Secret text: "
-                "delete it or choose another credential_id",
-                retryable=False,
-            )
-        return element
-
-    def _updated_credential_xml(self, current: str, key: str) -> bytes:
-        """The credential as Jenkins returned it (id, scope, description, plugin version), with the new secret.
-
-        The old secret comes back encrypted (``{AQAAAB...}``) or as ``<secret-redacted/>``; both are replaced.
-        """
-        element = self._secret_text_element(current)
-        secret = element.find("secret")
-        if secret is None:
-            secret = ET.SubElement(element, "secret")
-        tail = secret.tail
-        secret.clear()
-        secret.text, secret.tail = key, tail
-        return ET.tostring(element, encoding="utf-8")
 
     # -- canary ---------------------------------------------------------------------------------
 
@@ -447,7 +363,7 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
                 return CANCELLED
             return (item.get("executable") or {}).get("number")
 
-        number = self._poll(started_build, deadline)
+        number = poll_until(started_build, deadline)
         if number == CANCELLED:
             return False, f"canary queue item {queue_id} of {canary.job} was cancelled"
         if number is None:
@@ -459,21 +375,8 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
             )
             return None if info.get("building") or info.get("result") is None else str(info["result"])
 
-        outcome = self._poll(result, deadline)
+        outcome = poll_until(result, deadline)
         if outcome is None:
             return False, f"canary build {canary.job} #{number} did not finish {timeout}"
         log.info("Canary build %s #%d finished %s", canary.job, number, outcome)
         return outcome == "SUCCESS", f"canary build {canary.job} #{number} finished {outcome}"
-
-    @staticmethod
-    def _poll(probe: Callable[[], T | None], deadline: float) -> T | None:
-        """Call ``probe`` with growing pauses until it returns a value or the deadline passes."""
-        pause = FIRST_POLL_SECONDS
-        while True:
-            value = probe()
-            if value is not None:
-                return value
-            if time.monotonic() + pause > deadline:
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, MAX_POLL_SECONDS)
