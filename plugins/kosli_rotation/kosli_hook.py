@@ -2,9 +2,10 @@
 
 The Airflow connection (default ``kosli_default``) has the Kosli base URL as host
 (``https://app.kosli.com``, ``https://app.us.kosli.com`` or a single-tenant host) and the admin API
-key that manages service-account keys as password. Reads and revocations are retried with backoff
-(honouring ``Retry-After``); a POST that mints a key is never retried after it may have reached
-Kosli, because a second POST could mint a second key and lose the first.
+key that manages service-account keys as password. Reads and revocations are retried with backoff, by the
+consumers' rules (``consumers.transport``: which statuses are transient, the waits a server asks for, the
+attempts, budget and longest single wait of ``DEFAULT_POLICY``); a POST that mints a key is never retried after
+it may have reached Kosli, because a second POST could mint a second key and lose the first.
 
 Auth cannot be swapped: every request carries exactly one ``Bearer`` key, set as the request's own auth, so
 neither a login on the connection (``HttpHook`` would set basic auth) nor a ``~/.netrc`` entry for the host
@@ -15,6 +16,7 @@ key ids are refused when they hold ``/``, ``..`` or control characters, and URL-
 
 from __future__ import annotations
 
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +25,13 @@ from urllib.parse import quote
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 
+from kosli_rotation.consumers.transport import DEFAULT_POLICY, is_transient_status, server_wait
 from kosli_rotation.errors import InvalidRequestError, KosliApiError, KosliOutcomeUnknown, RotationError
 from kosli_rotation.fingerprints import hold_secret
-from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
+from kosli_rotation.retrying import backoff_delay, call_with_retries
+from kosli_rotation.scrub import describe_error
 
 USER_AGENT = "kosli-key-rotation/0.1"
-#: The longest single wait a Retry-After header can impose on us.
-MAX_WAIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ def checked_id(what: str, value: object) -> str:
 
 def _is_transient(error: Exception) -> bool:
     if isinstance(error, KosliApiError):
-        return error.status == 429 or (error.status >= 500 and error.status != 501)
+        return is_transient_status(error.status)
     return isinstance(error, requests.ConnectionError | requests.Timeout)
 
 
@@ -138,7 +140,13 @@ class KosliHook(HttpHook):
     conn_type = "http"
     hook_name = "Kosli"
 
-    def __init__(self, kosli_conn_id: str = default_conn_name, *, timeout: float = 30.0, max_attempts: int = 5) -> None:
+    def __init__(
+        self,
+        kosli_conn_id: str = default_conn_name,
+        *,
+        timeout: float = 30.0,
+        max_attempts: int = DEFAULT_POLICY.max_attempts,
+    ) -> None:
         super().__init__(method="GET", http_conn_id=kosli_conn_id)
         self.timeout = timeout
         self.max_attempts = max_attempts
@@ -150,16 +158,26 @@ class KosliHook(HttpHook):
         """Never the connection's login: each request sets its own bearer (see ``_send_once``)."""
         return None
 
+    def _connection(self) -> Any:
+        """The hook's Airflow connection: "not defined" (create it) told apart from a lookup that failed (retry)."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return self.get_connection(self.http_conn_id)
+        except AirflowNotFoundException as error:
+            raise InvalidRequestError(
+                f"Airflow connection {self.http_conn_id!r} is not defined: create an HTTP connection "
+                "whose host is the Kosli URL (https://app.kosli.com) and whose password is an admin "
+                "API key"
+            ) from error
+        except Exception as error:
+            raise RotationError(
+                f"cannot read Airflow connection {self.http_conn_id!r}: {describe_error(error)}"
+            ) from None
+
     def admin_key(self) -> str:
         if self._admin_key is None:
-            try:
-                connection = self.get_connection(self.http_conn_id)
-            except Exception as error:
-                raise InvalidRequestError(
-                    f"Airflow connection {self.http_conn_id!r} is not defined: create an HTTP connection "
-                    "whose host is the Kosli URL (https://app.kosli.com) and whose password is an admin "
-                    "API key"
-                ) from error
+            connection = self._connection()
             if not connection.password:
                 raise InvalidRequestError(
                     f"Airflow connection {self.http_conn_id!r} has no password: set it to the Kosli admin "
@@ -171,7 +189,7 @@ class KosliHook(HttpHook):
     def _endpoint(self, *segments: str | tuple[str, str]) -> str:
         """``api/v2/`` and the segments, URL-quoted: fixed words, and ``(field, id)`` pairs checked first."""
         if not self._base_url_initialized:
-            self._set_base_url(self.get_connection(self.http_conn_id))
+            self._set_base_url(self._connection())
         prefix = "" if self.base_url.rstrip("/").endswith("/api/v2") else "api/v2/"
         words = [checked_id(*segment) if isinstance(segment, tuple) else segment for segment in segments]
         return prefix + "/".join(quote(word, safe="") for word in words)
@@ -210,7 +228,7 @@ class KosliHook(HttpHook):
             if response.status_code in accept:
                 return response
             error = KosliApiError(response.status_code, error_message(response), method, "/" + endpoint)
-            error.retry_after = retry_after_seconds(response.headers.get("Retry-After"))  # type: ignore[attr-defined]
+            error.server_wait = server_wait(response.headers)  # type: ignore[attr-defined]
             raise error
 
         def delay_for(error: Exception, attempt_number: int) -> float | None:
@@ -220,8 +238,11 @@ class KosliHook(HttpHook):
                     return None
             elif not _is_transient(error):
                 return None
-            hinted = getattr(error, "retry_after", None)
-            return min(hinted, MAX_WAIT) if hinted is not None else backoff_delay(attempt_number)
+            asked = getattr(error, "server_wait", None)
+            if asked is None:
+                return backoff_delay(attempt_number)
+            # A longer wait than one task waits is not waited for: the error stays retryable for Airflow's retry.
+            return asked if asked <= DEFAULT_POLICY.max_single_wait else None
 
         try:
             return call_with_retries(
@@ -229,6 +250,7 @@ class KosliHook(HttpHook):
                 delay_for=delay_for,
                 what=f"Kosli {method} /{endpoint}",
                 max_attempts=self.max_attempts,
+                deadline=time.monotonic() + DEFAULT_POLICY.budget_seconds,
             )
         except KosliApiError as error:
             if mints_a_key and error.status >= 500:

@@ -147,6 +147,54 @@ def test_connection_problems_name_the_connection(monkeypatch):
         KosliHook("kosli_nopass").admin_key()
 
 
+def test_a_missing_connection_is_explained_by_any_call(monkeypatch):
+    """The base URL is looked up before the admin key: that lookup explains a missing connection too."""
+    monkeypatch.delenv("AIRFLOW_CONN_KOSLI_MISSING", raising=False)
+    with pytest.raises(InvalidRequestError, match="connection 'kosli_missing' is not defined") as error:
+        KosliHook("kosli_missing").list_keys(ORG, SERVICE_ACCOUNT)
+    assert not error.value.retryable
+
+
+def test_a_connection_that_cannot_be_read_is_not_called_undefined(monkeypatch):
+    """A secrets backend that cannot be loaded is reported as such, retryable: not as a connection to create."""
+    from airflow.sdk.configuration import clear_secrets_backends_cache
+
+    for section in ("SECRETS__BACKEND", "WORKERS__SECRETS_BACKEND"):
+        monkeypatch.setenv(f"AIRFLOW__{section}", "nowhere.MissingBackend")
+    clear_secrets_backends_cache()
+    try:
+        with pytest.raises(RotationError, match="cannot read Airflow connection 'kosli_default'") as error:
+            KosliHook().admin_key()
+    finally:
+        clear_secrets_backends_cache()
+    assert "secrets_backend" in str(error.value) and "not defined" not in str(error.value)
+    assert not isinstance(error.value, InvalidRequestError) and error.value.retryable
+
+
+@pytest.mark.timeout(30)
+def test_a_wait_longer_than_one_task_waits_is_not_waited_for(kosli, hook):
+    """Kosli asking for an hour: the call gives up at once, retryable (Airflow's task retry comes back later)."""
+    sandbox, _ = kosli
+    rule = sandbox.faults.add(KEYS + "$", method="GET", status=429, headers={"Retry-After": "3600"}, times=0)
+    with pytest.raises(KosliApiError) as error:
+        hook.list_keys(ORG, SERVICE_ACCOUNT)
+    assert error.value.status == 429 and error.value.retryable
+    assert rule.fired == 1
+
+
+def test_a_retry_after_date_and_a_408_are_honoured(kosli, hook):
+    """Retry-After as an HTTP date (RFC 9110) and 408 Request Timeout are transient, as in the consumers."""
+    import email.utils
+    import time
+
+    sandbox, _ = kosli
+    soon = email.utils.formatdate(time.time() + 1, usegmt=True)
+    dated = sandbox.faults.add(KEYS + "$", method="GET", status=503, headers={"Retry-After": soon}, times=1)
+    timed_out = sandbox.faults.add(KEYS + "$", method="GET", status=408, headers={"Retry-After": "0"}, times=1)
+    assert len(hook.list_keys(ORG, SERVICE_ACCOUNT)) == 1
+    assert (dated.fired, timed_out.fired) == (1, 1)
+
+
 def test_an_unreachable_kosli_is_a_retryable_error_for_reads(monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_KOSLI_DEFAULT", json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9", "password": "k"})
