@@ -16,7 +16,7 @@ import pytest
 import requests
 from pydantic import ValidationError
 
-from kosli_rotation.consumers import github_actions
+from kosli_rotation.consumers import github_actions, transport
 from kosli_rotation.consumers.github_actions import GithubActionsConfig, GithubActionsConsumer
 from kosli_rotation.errors import ConsumerError
 from sandbox.github import GitHubSandbox
@@ -344,6 +344,24 @@ def test_secondary_rate_limit_is_waited_out(world: World, status: int) -> None:
     assert world.github.secret_value("acme/app", SECRET) == world.key
 
 
+def test_secondary_limit_without_retry_after_waits_what_github_asks(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GitHub: a secondary limit without retry-after means "wait at least a minute" (shortened here)."""
+    monkeypatch.setattr(github_actions, "SECONDARY_LIMIT_WAIT_SECONDS", 2.5)  # our backoff: 1 s
+    settings = {"secondary_limit": 1, "secondary_window": 0.5, "secondary_status": 403, "secondary_retry_after": False}
+    world.github.apply_settings(settings)
+    consumer = world.consumer()
+    consumer.check_access()
+    requests.delete(f"{world.github.url}/repos/acme/app/actions/secrets/UNRELATED", headers=_auth(ADMIN), timeout=5)
+    started = time.monotonic()
+    consumer.write(world.key)
+
+    assert world.github.stats()["rate_limited"] == 1
+    assert time.monotonic() - started >= 2.4
+    assert world.github.secret_value("acme/app", SECRET) == world.key
+
+
 def test_primary_rate_limit_waits_for_the_reset(world: World) -> None:
     world.github.apply_settings({"primary_limit": 2, "primary_window": 1.0})
     world.consumer().write(world.key)  # GET repo and GET key use the window up; the PUT waits for the reset
@@ -371,12 +389,49 @@ def test_server_error_is_retried(world: World) -> None:
 
 
 def test_persistent_server_errors_give_up_as_retryable(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(github_actions, "backoff_delay", lambda attempt, **_: 0.01)
+    monkeypatch.setattr(transport, "backoff_delay", lambda attempt, **_: 0.01)
     world.github.faults.add(r"/actions/secrets/public-key$", status=503, times=None)
     with pytest.raises(ConsumerError) as raised:
         world.consumer().write(world.key)
     assert raised.value.retryable and "503" in str(raised.value)
-    assert world.github.stats()["faults_fired"] == github_actions.MAX_ATTEMPTS
+    assert world.github.stats()["faults_fired"] == transport.DEFAULT_POLICY.max_attempts
+
+
+def test_not_implemented_is_final_and_not_retried(world: World) -> None:
+    """501 says the server will not learn the method by the next attempt (the shared rule; this kind used to
+    retry it as a 5xx)."""
+    world.github.faults.add(r"/actions/secrets/KOSLI_API_TOKEN$", method="PUT", status=501, times=0)
+    with pytest.raises(ConsumerError) as raised:
+        world.consumer().write(world.key)
+    assert not raised.value.retryable and "HTTP 501" in str(raised.value)
+    assert world.writes() == 1
+
+
+def test_a_public_key_rotated_between_our_get_and_put_is_fetched_again_once(world: World) -> None:
+    """GitHub answers 422 to a value sealed with a replaced key: this kind's own rule tries once more at once
+    (422 is not transient for the shared transport)."""
+    rotated: list[str] = []
+
+    def rotate_before_the_first_put(request: Any) -> bool:
+        if not rotated:
+            rotated.append(world.github.rotate_public_key("acme/app"))
+        return False  # never fires: the PUT is served as usual, with the key_id now stale
+
+    world.github.faults.add(
+        r"/actions/secrets/KOSLI_API_TOKEN$", method="PUT", delay=0.0, when=rotate_before_the_first_put
+    )
+    world.consumer().write(world.key)
+    assert rotated and world.writes() == 2
+    assert world.github.stats()["requests"]["get_public_key"] == 2
+    assert world.github.secret_value("acme/app", SECRET) == world.key
+
+
+def test_persistent_422_is_a_final_refusal(world: World) -> None:
+    world.github.faults.add(r"/actions/secrets/KOSLI_API_TOKEN$", method="PUT", status=422, times=0)
+    with pytest.raises(ConsumerError) as raised:
+        world.consumer().write(world.key)
+    assert not raised.value.retryable and "HTTP 422" in str(raised.value)
+    assert world.writes() == 2
 
 
 # -- canary workflows ----------------------------------------------------------------------------------------
