@@ -23,7 +23,7 @@ import requests
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from pydantic import TypeAdapter, ValidationError
 
-from kosli_rotation.consumers import kubernetes_secret
+from kosli_rotation.consumers import kubernetes_secret, transport
 from kosli_rotation.consumers.kubernetes_secret import (
     RESTARTED_AT,
     WRITTEN_AT,
@@ -98,7 +98,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
 @pytest.fixture
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff without a Retry-After lasts 10 ms, so exhausting the retry budget stays fast."""
-    monkeypatch.setattr(kubernetes_secret, "backoff_delay", lambda attempt, **_: 0.01)
+    monkeypatch.setattr(transport, "backoff_delay", lambda attempt, **_: 0.01)
 
 
 def fan_out(consumer: KubernetesSecretConsumer, key: str) -> bool:
@@ -395,7 +395,7 @@ def test_wrong_token_fails_fast_without_retries(cluster: Cluster) -> None:
     with pytest.raises(ConsumerError) as error:
         consumer.check_access()
     assert not error.value.retryable
-    assert "'kubernetes_default'" in str(error.value) and "401 Unauthorized" in str(error.value)
+    assert "'kubernetes_default'" in str(error.value) and "HTTP 401: Unauthorized" in str(error.value)
     assert "renew the token" in str(error.value)
     with pytest.raises(ConsumerError) as write_error:
         cluster.consumer().write(KEY)
@@ -433,13 +433,13 @@ def test_missing_rbac_permissions_are_named(cluster: Cluster) -> None:
     cluster.connect(nobody)
     with pytest.raises(ConsumerError) as read_error:
         cluster.consumer().check_access()
-    assert "may not get Secret prod/kosli-api-token" in str(read_error.value)
+    assert "refused to get Secret prod/kosli-api-token" in str(read_error.value)
 
 
 def test_check_access_names_what_is_missing_or_unrestartable(cluster: Cluster) -> None:
     with pytest.raises(ConsumerError) as forbidden_namespace:
         cluster.consumer(namespace="staging").check_access()  # the rotator may only use prod
-    assert "may not get Secret staging/kosli-api-token" in str(forbidden_namespace.value)
+    assert "refused to get Secret staging/kosli-api-token" in str(forbidden_namespace.value)
     cluster.connect(cluster.server.add_user("cluster-admin"))
     with pytest.raises(ConsumerError) as no_namespace:
         cluster.consumer(namespace="staging").check_access()
@@ -465,7 +465,8 @@ def test_check_access_names_what_is_missing_or_unrestartable(cluster: Cluster) -
 def test_missing_connection_is_a_clear_error(cluster: Cluster) -> None:
     with pytest.raises(ConsumerError) as error:
         cluster.consumer(conn_id="k8s_nowhere").check_access()
-    assert "connection 'k8s_nowhere'" in str(error.value) and not error.value.retryable
+    assert "connection 'k8s_nowhere' is not defined: create a kubernetes connection" in str(error.value)
+    assert not error.value.retryable
 
 
 SECRET_SHAPED = "kosli_live_9f8e7d6c5b4a3928171605f4e3d2c1b0"
@@ -538,8 +539,8 @@ def test_persistent_server_errors_give_a_retryable_error(cluster: Cluster, quick
     cluster.server.faults.add(r"/secrets/kosli-api-token$", method="PATCH", status=503, times=None)
     with pytest.raises(ConsumerError) as error:
         cluster.consumer().write(KEY)
-    assert error.value.retryable and "gave up after retries" in str(error.value)
-    assert cluster.requests("patch_secret") == kubernetes_secret.MAX_ATTEMPTS
+    assert error.value.retryable and "cannot patch Secret prod/kosli-api-token (HTTP 503" in str(error.value)
+    assert cluster.requests("patch_secret") == transport.DEFAULT_POLICY.max_attempts
     assert cluster.stored() == {"key": OLD_KEY}
 
 
@@ -551,6 +552,45 @@ def test_create_race_falls_back_to_patch(cluster: Cluster) -> None:
     cluster.consumer().write(KEY)
     assert cluster.requests("create_secret") == 1
     assert cluster.stored() == {"key": KEY, "other": "theirs"}
+
+
+def test_not_implemented_is_not_retried(cluster: Cluster) -> None:
+    """501: the server will not learn the method by the next attempt (the shared transport's rule)."""
+    cluster.server.put_secret(NAMESPACE, SECRET, {"key": OLD_KEY})
+    cluster.server.faults.add(r"/secrets/kosli-api-token$", method="PATCH", status=501, times=None)
+    with pytest.raises(ConsumerError) as error:
+        cluster.consumer().write(KEY)
+    assert not error.value.retryable and "HTTP 501" in str(error.value)
+    assert cluster.requests("patch_secret") == 1
+
+
+def test_a_wait_longer_than_a_task_waits_fails_retryable_at_once(cluster: Cluster) -> None:
+    cluster.server.put_secret(NAMESPACE, SECRET, {"key": OLD_KEY})
+    cluster.server.faults.add(
+        r"/secrets/kosli-api-token$", method="PATCH", status=429, headers={"Retry-After": "600"}, times=None
+    )
+    started = time.monotonic()
+    with pytest.raises(ConsumerError) as error:
+        cluster.consumer().write(KEY)
+    assert time.monotonic() - started < 5
+    assert error.value.retryable and "asks to wait 600 s" in str(error.value)
+    assert cluster.requests("patch_secret") == 1
+
+
+def test_retry_warnings_show_the_status_message_not_the_whole_answer(
+    cluster: Cluster, quick_backoff: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's ApiException text carries every response header and the whole body: never logged."""
+    cluster.server.put_secret(NAMESPACE, SECRET, {"key": OLD_KEY})
+    consumer = cluster.consumer()
+    assert consumer.read_digest() == digest(OLD_KEY)  # the client is set up (and Airflow's logging)
+    caplog.set_level(logging.WARNING)
+    status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is busy", "code": 503}
+    cluster.server.faults.add(r"/secrets/kosli-api-token$", method="PATCH", status=503, body=status, times=1)
+    consumer.write(KEY)
+    warnings = [record.getMessage() for record in caplog.records if "retry 1 in" in record.getMessage()]
+    assert warnings and "HTTP 503: etcd is busy" in warnings[0]
+    assert "HTTP response headers" not in caplog.text and '"kind"' not in caplog.text
 
 
 def test_refused_writes_are_not_retried(cluster: Cluster) -> None:
