@@ -43,11 +43,13 @@ class PageVault:
         self._opened: tuple[Any, str] | None = None
 
     def _open(self) -> tuple[Any, str]:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
         if self._opened is None:
             try:
                 self._opened = open_vault(self.conn_id)
             except Exception as error:
-                if type(error.__cause__).__name__ == "AirflowNotFoundException":
+                if isinstance(error.__cause__, AirflowNotFoundException):  # open_vault's "not defined"
                     raise PageVaultMissing(
                         f"the page's Vault connection {self.conn_id!r} is not defined: create it with a token of "
                         f"the page's metadata-only policy ({README_SECTION}); the page never uses the workers' token"

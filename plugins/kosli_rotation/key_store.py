@@ -65,6 +65,7 @@ RECORD_SECRETS = frozenset({"key", "previous_key"})
 def open_vault(conn_id: str) -> tuple[hvac.Client, str]:
     """An authenticated hvac client and the KV v2 mount named by an Airflow Vault connection."""
     from airflow.providers.hashicorp.hooks.vault import VaultHook
+    from airflow.sdk.exceptions import AirflowNotFoundException  # what VaultHook raises for an undefined conn_id
 
     try:
         hook = VaultHook(vault_conn_id=conn_id)
@@ -72,13 +73,13 @@ def open_vault(conn_id: str) -> tuple[hvac.Client, str]:
         if isinstance(client.token, str):
             hold_secret(client.token)
         return client, hook.vault_client.mount_point
+    except AirflowNotFoundException as error:
+        raise InvalidRequestError(
+            f"Airflow connection {conn_id!r} is not defined: create a Vault connection "
+            f"(e.g. AIRFLOW_CONN_{conn_id.upper()}='vault://:TOKEN@host:8200/secret"
+            "?auth_type=token&kv_engine_version=2')"
+        ) from error
     except Exception as error:
-        if type(error).__name__ == "AirflowNotFoundException":
-            raise InvalidRequestError(
-                f"Airflow connection {conn_id!r} is not defined: create a Vault connection "
-                f"(e.g. AIRFLOW_CONN_{conn_id.upper()}='vault://:TOKEN@host:8200/secret"
-                "?auth_type=token&kv_engine_version=2')"
-            ) from error
         raise KeyStoreError(f"cannot connect to Vault through connection {conn_id!r}: {error}") from error
 
 
