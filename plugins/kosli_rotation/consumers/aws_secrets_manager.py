@@ -9,11 +9,11 @@ here. Its ``aws`` connection is mirrored instead, so a user's existing ``aws_def
 (per-service ``endpoint_url``; as in the provider, role assumption never uses the global ``endpoint_url``).
 Without an access key pair, boto3's default credential chain applies (environment, instance profile, ...).
 
-Retries are botocore's own: ``standard`` mode with ``total_max_attempts=5`` (botocore's ``max_attempts`` counts
-retries, so ``max_attempts=5`` would mean 6 requests), for throttling, 5xx, timeouts and connection errors, with
-exponential backoff (full jitter, at most 20 s a wait, honouring ``x-amz-retry-after``) and 10 s / 30 s
-connect / read timeouts, so giving up takes at most about 3 minutes. Refused credentials are never retried:
-they become ``ConsumerError(retryable=False)`` at once.
+Calls go through ``consumers.transport``: its one retry policy for throttling (``ThrottlingException`` comes as
+HTTP 400, seen as 429), 5xx, timeouts and connection errors, so botocore's own retries are off (one attempt each,
+10 s / 30 s connect / read timeouts). Refused credentials are never retried: they become
+``ConsumerError(retryable=False)`` at once, with the fix their error code names. The session, role assumption and
+error codes are in ``_aws_client``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,28 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from kosli_rotation.client_logging import pin_client_loggers
+from kosli_rotation.consumers._aws_client import (
+    FIXES,
+    AwsTransport,
+    assume_role,
+    botocore_config,
+    classify,
+    error_code,
+    local_error,
+    open_session,
+)
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.fingerprints import digest, fingerprint, hold_secret
+from kosli_rotation.fingerprints import digest, fingerprint
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SECRET_NAME = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
 SECRET_ARN = re.compile(
@@ -42,30 +52,8 @@ SECRET_ARN = re.compile(
 )
 REGION = r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$"
 CURRENT = "AWSCURRENT"
-MAX_ATTEMPTS = 5
 #: Namespace of the ClientRequestTokens this consumer derives (any fixed UUID would do).
 TOKEN_NAMESPACE = uuid.UUID("6f3c8a52-1d0e-5b7a-9c43-2e8f4b1a7d90")
-
-_BAD_KEY = "the access key id (login) is unknown to AWS: fix login/password"
-_BAD_SIGNATURE = "the secret access key (password) does not match the access key id"
-_EXPIRED = "the session token has expired: renew extra aws_session_token, or use role_arn"
-_DENIED = (
-    "the identity may not do this: its IAM policy, the secret's resource policy and the KMS key policy must allow "
-    "secretsmanager:DescribeSecret, GetSecretValue, PutSecretValue, UpdateSecretVersionStage (CreateSecret when "
-    "create_if_missing) and kms:Decrypt, kms:GenerateDataKey; with role_arn, the role must trust the identity"
-)
-#: AWS refusing the credentials: JSON-protocol codes (Secrets Manager) and query-protocol codes (STS).
-CREDENTIAL_REFUSALS = {
-    "UnrecognizedClientException": _BAD_KEY,
-    "InvalidClientTokenId": _BAD_KEY,
-    "InvalidSignatureException": _BAD_SIGNATURE,
-    "SignatureDoesNotMatch": _BAD_SIGNATURE,
-    "ExpiredTokenException": _EXPIRED,
-    "ExpiredToken": _EXPIRED,
-    "AccessDeniedException": _DENIED,
-    "AccessDenied": _DENIED,
-}
-THROTTLED = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 
 
 class AwsSecretsManagerConfig(ConsumerConfig):
@@ -117,17 +105,6 @@ def client_request_token(secret_id: str, secret_string: str) -> str:
     return str(uuid.uuid5(TOKEN_NAMESPACE, f"{secret_id}\n{value_hash}"))
 
 
-def _error_code(error: Any) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _botocore_config() -> Any:
-    """botocore's standard retry mode does the bounded retrying; timeouts keep one attempt from hanging."""
-    from botocore.config import Config
-
-    return Config(retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}, connect_timeout=10, read_timeout=30)
-
-
 class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
     """Creates the secret or adds a version with the key as AWSCURRENT; JSON secrets keep their other fields."""
 
@@ -136,6 +113,9 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
     def __init__(self, config: AwsSecretsManagerConfig) -> None:
         super().__init__(config)
         self._secrets: Any = None
+        self._transport = AwsTransport(
+            consumer=self.name, service="AWS", conn_id=config.conn_id, classify=classify, fixes=FIXES
+        )
 
     def describe(self) -> str:
         field = f", JSON field {self.config.json_field}" if self.config.json_field else ""
@@ -143,148 +123,52 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
         where = f"in {region}" if region else "in the connection's region"
         return f"AWS Secrets Manager secret {self.config.secret_id}{field} {where} (connection {self.config.conn_id})"
 
-    # -- client ----------------------------------------------------------------------------------------------
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    def _call(self, what: str, action: Callable[[], T], *, none_on: str | None = None) -> T | None:
+        """One AWS call through the transport; None when AWS answers with the error code ``none_on`` (the caller's
+        to handle). A secret scheduled for deletion says so; botocore's own errors say what to set."""
+        from botocore.exceptions import ClientError
+
+        def attempt() -> T | None:
+            try:
+                return action()
+            except ClientError as error:
+                code = error_code(error)
+                if code == none_on:
+                    return None
+                message = str(error.response.get("Error", {}).get("Message", ""))
+                if code == "InvalidRequestException" and "delet" in message.lower():
+                    raise self._scheduled_for_deletion() from None
+                raise
+
+        try:
+            return self._transport.call(attempt, what)
+        except Exception as error:
+            local = local_error(self.name, self.config.conn_id, what, error)
+            if local is None:
+                raise
+            raise local from None
 
     def _client(self) -> Any:
         """The secretsmanager client for the Airflow connection, created on first use (DAG parsing stays offline)."""
         if self._secrets is None:
             pin_client_loggers()  # botocore at DEBUG logs STS answers and request bodies
-            session, extra = self._session()
+            conn_id = self.config.conn_id
+            session, extra = open_session(self.name, conn_id, self.config.region or self.config.arn_region)
             service_config = extra.get("service_config") or {}
             endpoint_url = (service_config.get("secretsmanager") or {}).get("endpoint_url") or extra.get("endpoint_url")
-            with self._aws_call("connecting to"):  # no region at all surfaces here
-                if extra.get("role_arn"):
-                    session = self._assume_role(session, extra)
-                self._secrets = session.client("secretsmanager", endpoint_url=endpoint_url, config=_botocore_config())
+            if extra.get("role_arn"):
+                session = assume_role(self.name, conn_id, session, extra, self._call)
+            self._secrets = self._call(  # no region at all surfaces here
+                "connect to Secrets Manager",
+                lambda: session.client("secretsmanager", endpoint_url=endpoint_url, config=botocore_config()),
+            )
         return self._secrets
 
-    def _session(self) -> tuple[Any, dict[str, Any]]:
-        """A boto3 session with the ``aws`` connection's credentials and region, and the connection's extras."""
-        import boto3
-        from airflow.sdk import BaseHook
-
-        conn_id = self.config.conn_id
-        try:
-            connection = BaseHook.get_connection(conn_id)
-        except Exception as error:
-            if type(error).__name__ == "AirflowNotFoundException":
-                raise ConsumerError(
-                    self.name,
-                    f"Airflow connection {conn_id!r} is not defined: create an aws connection, e.g. "
-                    f'AIRFLOW_CONN_{conn_id.upper()}=\'{{"conn_type": "aws", "login": "<access key id>", '
-                    '"password": "<secret access key>", "extra": {"region_name": "eu-west-1"}}\'',
-                    retryable=False,
-                ) from None
-            raise
-        extra = dict(connection.extra_dejson or {})
-        if connection.login or connection.password:
-            access_key_id, secret_access_key = connection.login, connection.password
-        else:
-            access_key_id, secret_access_key = extra.get("aws_access_key_id"), extra.get("aws_secret_access_key")
-        if bool(access_key_id) != bool(secret_access_key):
-            raise ConsumerError(
-                self.name,
-                f"connection {conn_id!r} has only half an access key: set both login (access key id) and "
-                "password (secret access key), or neither to use the worker's default AWS credentials",
-                retryable=False,
-            )
-        session_token = extra.get("aws_session_token") or None
-        for secret in (secret_access_key, session_token):
-            if secret:
-                hold_secret(secret)
-        session = boto3.session.Session(
-            aws_access_key_id=access_key_id or None,
-            aws_secret_access_key=secret_access_key or None,
-            aws_session_token=session_token,
-            region_name=self.config.region or self.config.arn_region or extra.get("region_name") or None,
-        )
-        return session, extra
-
-    def _assume_role(self, session: Any, extra: dict[str, Any]) -> Any:
-        """Temporary credentials for ``role_arn``, obtained with the connection's own credentials."""
-        import boto3
-
-        role_arn = extra["role_arn"]
-        if extra.get("assume_role_method", "assume_role") != "assume_role":
-            raise ConsumerError(
-                self.name,
-                f"connection {self.config.conn_id!r}: only assume_role_method 'assume_role' is supported",
-                retryable=False,
-            )
-        sts_endpoint = ((extra.get("service_config") or {}).get("sts") or {}).get("endpoint_url")
-        sts = session.client("sts", endpoint_url=sts_endpoint, config=_botocore_config())
-        session_name = re.sub(r"[^\w+=,.@-]", "-", f"kosli-rotation-{self.config.conn_id}")[:64]
-        with self._aws_call(f"assuming role {role_arn}"):
-            credentials = sts.assume_role(
-                RoleArn=role_arn, RoleSessionName=session_name, **(extra.get("assume_role_kwargs") or {})
-            )["Credentials"]
-        return boto3.session.Session(  # the access key id is an identifier (CloudTrail shows it); the rest is secret
-            aws_access_key_id=credentials["AccessKeyId"],
-            aws_secret_access_key=hold_secret(credentials["SecretAccessKey"]),
-            aws_session_token=hold_secret(credentials["SessionToken"]),
-            region_name=session.region_name,
-        )
-
-    # -- errors ----------------------------------------------------------------------------------------------
-
-    @contextmanager
-    def _aws_call(self, action: str) -> Iterator[None]:
-        """Turn botocore's exceptions (raised after its own retries) into ``ConsumerError``s that say what to do."""
-        try:
-            yield
-        except ConsumerError:
-            raise
-        except Exception as error:
-            translated = self._translate(error, action)
-            if translated is None:
-                raise
-            raise translated from None
-
-    def _translate(self, error: Exception, action: str) -> ConsumerError | None:
-        from botocore import exceptions
-
-        conn_id = self.config.conn_id
-        where = f"while {action} {self.describe()}"
-        if isinstance(error, exceptions.ClientError):
-            code = _error_code(error)
-            status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            message = str(error.response.get("Error", {}).get("Message", ""))[:300]
-            attempts = int(error.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) + 1
-            if code in CREDENTIAL_REFUSALS or status in (401, 403):
-                hint = CREDENTIAL_REFUSALS.get(code, "check the connection's credentials and the identity's policies")
-                refusal = code if code and not code.isdigit() else f"HTTP {status}"  # unparsed bodies leave a status
-                return ConsumerError(
-                    self.name,
-                    f"AWS refused the credentials of connection {conn_id!r} ({refusal}) {where}: {hint}",
-                    retryable=False,
-                )
-            if code in THROTTLED or status == 429 or status >= 500:
-                return ConsumerError(
-                    self.name, f"AWS kept answering {code} (HTTP {status}) {where}, {attempts} attempts", retryable=True
-                )
-            if code == "InvalidRequestException" and "delet" in message.lower():
-                return self._scheduled_for_deletion()
-            return ConsumerError(self.name, f"AWS answered {code} (HTTP {status}) {where}: {message}", retryable=False)
-        if isinstance(error, exceptions.ConnectionError | exceptions.HTTPClientError):
-            return ConsumerError(self.name, f"cannot reach AWS {where}: {error}", retryable=True)
-        if isinstance(error, exceptions.NoRegionError):
-            return ConsumerError(
-                self.name,
-                f"no AWS region for connection {conn_id!r}: set extra region_name, or region on the consumer",
-                retryable=False,
-            )
-        if isinstance(error, exceptions.NoCredentialsError):
-            return ConsumerError(
-                self.name,
-                f"connection {conn_id!r} has no access key and the worker has no default AWS credentials: "
-                "set login/password, or give the worker an instance profile / AWS_* environment",
-                retryable=False,
-            )
-        if isinstance(error, exceptions.ParamValidationError):  # its text may quote a parameter: keep it out
-            return ConsumerError(self.name, f"invalid request {where}", retryable=False)
-        if isinstance(error, exceptions.BotoCoreError):
-            return ConsumerError(self.name, f"{type(error).__name__} {where}: {error}", retryable=False)
-        return None
+    @property
+    def _target(self) -> str:
+        return f"Secrets Manager secret {self.config.secret_id}"
 
     def _scheduled_for_deletion(self) -> ConsumerError:
         return ConsumerError(
@@ -298,16 +182,15 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
 
     def _read_secret_string(self) -> str | None:
         """The AWSCURRENT SecretString, or None when the secret (or a current value) does not exist."""
-        from botocore.exceptions import ClientError
-
-        with self._aws_call("reading"):
-            try:
-                # AWSCURRENT is AWS's default; naming it also makes moto honour UpdateSecretVersionStage.
-                response = self._client().get_secret_value(SecretId=self.config.secret_id, VersionStage=CURRENT)
-            except ClientError as error:
-                if _error_code(error) == "ResourceNotFoundException":
-                    return None
-                raise
+        client = self._client()
+        # AWSCURRENT is AWS's default; naming it also makes moto honour UpdateSecretVersionStage.
+        response = self._call(
+            f"read {self._target}",
+            lambda: client.get_secret_value(SecretId=self.config.secret_id, VersionStage=CURRENT),
+            none_on="ResourceNotFoundException",
+        )
+        if response is None:
+            return None
         if "SecretString" not in response:
             raise ConsumerError(
                 self.name,
@@ -346,17 +229,16 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
         Write permission cannot be probed without writing (Secrets Manager has no dry run); a refused write
         still fails fast and clearly in ``write``.
         """
-        from botocore.exceptions import ClientError
-
-        with self._aws_call("describing"):
-            try:
-                description = self._client().describe_secret(SecretId=self.config.secret_id)
-            except ClientError as error:
-                if _error_code(error) != "ResourceNotFoundException":
-                    raise
-                if not self._may_create():
-                    raise self._missing() from None
-                return
+        client = self._client()
+        description = self._call(
+            f"describe {self._target}",
+            lambda: client.describe_secret(SecretId=self.config.secret_id),
+            none_on="ResourceNotFoundException",
+        )
+        if description is None:
+            if not self._may_create():
+                raise self._missing()
+            return
         if description.get("DeletedDate"):
             raise self._scheduled_for_deletion()
         self._held_value(self._read_secret_string())
@@ -390,54 +272,56 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
 
     def _create(self, secret_string: str, key: str) -> bool:
         """CreateSecret with the value; False when the secret turns out to exist (then it gets a new version)."""
-        from botocore.exceptions import ClientError
-
         token = client_request_token(self.config.secret_id, secret_string)
         optional = {"KmsKeyId": self.config.kms_key_id, "Description": self.config.description}
-        with self._aws_call("creating"):
-            try:
-                self._client().create_secret(
-                    Name=self.config.secret_id,
-                    SecretString=secret_string,
-                    ClientRequestToken=token,
-                    **{name: value for name, value in optional.items() if value},
-                )
-            except ClientError as error:
-                if _error_code(error) == "ResourceExistsException":
-                    return False
-                raise
+        client = self._client()
+        created = self._call(
+            f"create {self._target}",
+            lambda: client.create_secret(
+                Name=self.config.secret_id,
+                SecretString=secret_string,
+                ClientRequestToken=token,
+                **{name: value for name, value in optional.items() if value},
+            ),
+            none_on="ResourceExistsException",
+        )
+        if created is None:
+            return False
         log.info("Created %s holding %s (version %s)", self.describe(), fingerprint(key), token)
         return True
 
     def _put(self, secret_string: str, key: str) -> None:
         """PutSecretValue as AWSCURRENT; if AWS ignored it (this value's version exists), make that version current."""
-        from botocore.exceptions import ClientError
-
         token = client_request_token(self.config.secret_id, secret_string)
-        with self._aws_call("writing"):
-            try:
-                response = self._client().put_secret_value(
-                    SecretId=self.config.secret_id,
-                    SecretString=secret_string,
-                    ClientRequestToken=token,
-                    VersionStages=[CURRENT],
-                )
-            except ClientError as error:
-                if _error_code(error) == "ResourceNotFoundException":
-                    raise self._missing() from None
-                raise
+        client = self._client()
+        response = self._call(
+            f"write {self._target}",
+            lambda: client.put_secret_value(
+                SecretId=self.config.secret_id,
+                SecretString=secret_string,
+                ClientRequestToken=token,
+                VersionStages=[CURRENT],
+            ),
+            none_on="ResourceNotFoundException",
+        )
+        if response is None:
+            raise self._missing()
         if CURRENT not in response.get("VersionStages", [CURRENT]):
             self._make_current(token)
         log.info("Stored %s in %s (version %s)", fingerprint(key), self.describe(), token)
 
     def _make_current(self, version_id: str) -> None:
-        with self._aws_call("moving AWSCURRENT in"):
-            stages = self._client().describe_secret(SecretId=self.config.secret_id).get("VersionIdsToStages", {})
-            current = next((version for version, labels in stages.items() if CURRENT in labels), None)
-            self._client().update_secret_version_stage(
-                SecretId=self.config.secret_id,
+        client, secret_id = self._client(), self.config.secret_id
+        described = self._call(f"describe {self._target}", lambda: client.describe_secret(SecretId=secret_id))
+        stages = described.get("VersionIdsToStages", {})
+        current = next((version for version, labels in stages.items() if CURRENT in labels), None)
+        self._call(
+            f"move AWSCURRENT of {self._target}",
+            lambda: client.update_secret_version_stage(
+                SecretId=secret_id,
                 VersionStage=CURRENT,
                 MoveToVersionId=version_id,
                 **({"RemoveFromVersionId": current} if current and current != version_id else {}),
-            )
+            ),
+        )
         log.info("Moved AWSCURRENT of %s to version %s, which already held this value", self.describe(), version_id)
