@@ -331,11 +331,12 @@ class AzureKeyVaultSandbox(TlsServing, EntraIdentity, SandboxServer):
             raise kv_error(400, "BadParameter", "maxresults and $skiptoken must be integers.") from None
         if not 1 <= size <= MAX_PAGE:
             raise kv_error(400, "BadParameter", f"Invalid value for maxresults: {size}. Must be 1..{MAX_PAGE}.")
+        served = min(size, self.page_size)  # like Key Vault, a page may hold fewer than asked, with a nextLink
         with self.lock:
             versions = self._visible(name).versions
-            page = [self._bundle(name, v, value=False) for v in versions[skip : skip + size]]
-            more = skip + size < len(versions)
-        query = f"api-version={request.query_value('api-version')}&$skiptoken={skip + size}&maxresults={size}"
+            page = [self._bundle(name, v, value=False) for v in versions[skip : skip + served]]
+            more = skip + served < len(versions)
+        query = f"api-version={request.query_value('api-version')}&$skiptoken={skip + served}&maxresults={size}"
         return json_response(200, {"value": page, "nextLink": f"{self.url}{request.path}?{query}" if more else None})
 
     @route("DELETE", SECRET_PATH + "/?")
