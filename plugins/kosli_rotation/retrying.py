@@ -38,11 +38,13 @@ def call_with_retries(
     max_attempts: int | None = 5,
     deadline: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    describe: Callable[[Exception], str] = describe_error,
 ) -> T:
     """Run ``action`` until it succeeds, ``delay_for`` says stop (returns None), or the budget is spent.
 
     ``delay_for(error, attempt)`` decides per error whether to retry and how long to wait, so a
-    429 can honour ``Retry-After`` while a 401 stops at once. The last error is re-raised.
+    429 can honour ``Retry-After`` while a 401 stops at once. The last error is re-raised. ``describe`` says
+    an error in the retry warning (scrubbed, one line).
     """
     attempt = 0
     while True:
@@ -55,7 +57,7 @@ def call_with_retries(
             past_deadline = deadline is not None and time.monotonic() + (delay or 0) > deadline
             if delay is None or out_of_attempts or past_deadline:
                 raise
-            said = describe_error(error)
+            said = describe(error)
         # Logged outside the handler: a log record made inside it carries the raw error as its context, which a
         # failing log handler prints in full.
         log.warning("%s failed (%s); retry %d in %.1fs", what, said, attempt, delay)

@@ -204,6 +204,12 @@ class Transport:
             return backoff_delay(attempt)
         return asked if asked <= self.policy.max_single_wait else None
 
+    def describe(self, error: Exception) -> str:
+        """An error as the retry warning shows it: the failure's status and message only (never a client's dump
+        of headers and body), else the error's own scrubbed text."""
+        failure = self.classify(error)
+        return failure.said if failure is not None else describe_error(error)
+
     def call(self, action: Callable[[], T], what: str) -> T:
         """``action()`` with retries; a remote failure that remains becomes a ``ConsumerError`` about ``what``."""
         try:
@@ -214,6 +220,7 @@ class Transport:
                 max_attempts=self.policy.max_attempts,
                 deadline=time.monotonic() + self.policy.budget_seconds,
                 sleep=self.sleep,
+                describe=self.describe,
             )
         except Exception as error:
             failure = self.classify(error)
