@@ -56,7 +56,7 @@ def _parse(stamp: str | None) -> float | None:
 @contextlib.contextmanager
 def deployment(keys: dict[str, tuple[int, str]]) -> Iterator[Deployment]:
     """Start everything; ``keys``: key name -> (number of consumers, scheduled strategy)."""
-    from bench.fan_out import _kinds, _seed
+    from bench.fan_out import MIX, _kinds, _seed
     from demo.airflow_api import AirflowApi
     from demo.processes import Supervisor, free_ports, wait_for
     from demo.services import (
@@ -76,8 +76,8 @@ def deployment(keys: dict[str, tuple[int, str]]) -> Iterator[Deployment]:
             vault = start_vault(supervisor, state, free_ports(1)[0], 30)
             kosli = start_kosli(supervisor, state, 30, accounts={name: "bench" for name in keys})
             fleet = start_consumer_sandboxes(vault, kosli)
-            for sandbox in (fleet.github, fleet.gitlab, fleet.kubernetes, fleet.circleci):
-                sandbox.apply_settings({"latency": LATENCY})
+            for kind, _ in MIX:
+                fleet.sandbox(kind).apply_settings({"latency": LATENCY})
             entries, offset = [], 0
             for name, (count, strategy) in keys.items():
                 secret = kosli.seeded.secrets[name]

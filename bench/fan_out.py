@@ -86,13 +86,7 @@ class World:
 
     @property
     def sandboxes(self) -> dict[str, Any]:
-        fleet = self.fleet
-        return {
-            "github_actions": fleet.github,
-            "gitlab_ci": fleet.gitlab,
-            "kubernetes_secret": fleet.kubernetes,
-            "circleci_env": fleet.circleci,
-        }
+        return {kind: self.fleet.sandbox(kind) for kind, _ in MIX}
 
     def requests_served(self) -> int:
         return sum(sandbox.stats()["total_requests"] for sandbox in self.sandboxes.values())
@@ -111,7 +105,12 @@ def world(n: int, old_key: str) -> Iterator[World]:
         bao = OpenBao.start(Path(scratch) / "bao.log")
         try:
             mount = bao.new_kv_mount()
-            fleet = ConsumerFleet(kosli_url="http://127.0.0.1:9", org=ORG, kubernetes_namespaces=("apps",)).start()
+            fleet = ConsumerFleet(
+                kosli_url="http://127.0.0.1:9",
+                org=ORG,
+                kubernetes_namespaces=("apps",),
+                kinds=[kind for kind, _ in MIX],
+            ).start()
             try:
                 entries = [_seed(fleet, kind, i, old_key) for i, kind in enumerate(_kinds(n))]
                 connections = {**fleet.airflow_env(), "AIRFLOW_CONN_VAULT_DEFAULT": bao.airflow_connection(mount)}
@@ -127,14 +126,10 @@ def world(n: int, old_key: str) -> Iterator[World]:
 
 
 def _seed(fleet: Any, kind: str, i: int, value: str) -> dict[str, Any]:
-    name = f"c{i:04d}-{kind.split('_')[0]}"
-    if kind == "github_actions":
-        return fleet.add_github_actions(name, value, repository=f"{ORG}/app-{i}", canary_workflow=None)
-    if kind == "gitlab_ci":
-        return fleet.add_gitlab_ci(name, value, project=f"{ORG}/app-{i}")
-    if kind == "kubernetes_secret":
-        return fleet.add_kubernetes_secret(name, value, secret_name=f"kosli-{i}")
-    return fleet.add_circleci_env(name, value, context=f"ctx-{i}")
+    """Consumer ``i``: a plain target of ``kind`` (no canary, no restart), through the kind's fixture adapter."""
+    from sandbox.fleet import consumer_name
+
+    return fleet.add(kind, consumer_name(kind, f"c{i:04d}"), value, f"app-{i}")
 
 
 # -- ours: the product's steps, batch by batch ----------------------------------------------------------------------
@@ -423,7 +418,7 @@ def rate_limited_section(quick: bool) -> Section:
         for _ in range(repeats):
             old_key, new_key = _keys()
             with world(n, old_key) as bench_world:
-                bench_world.fleet.github.apply_settings(settings)
+                bench_world.fleet.sandbox("github_actions").apply_settings(settings)
                 action = ours(bench_world, old_key, new_key)
                 bench_world.reset_stats()
                 started = time.perf_counter()
@@ -432,7 +427,7 @@ def rate_limited_section(quick: bool) -> Section:
                 except Exception as error:  # a failed write is what this benchmark exists to catch: report it
                     section.notes.append(f"**A run failed**: {type(error).__name__}: {str(error)[:300]}")
                 times.append(time.perf_counter() - started)
-                rejected += bench_world.fleet.github.stats()["rate_limited"]
+                rejected += bench_world.fleet.sandbox("github_actions").stats()["rate_limited"]
                 failed += n - _held_by_all(bench_world, new_key)
         loop_failed = _shell_loop_under(settings, n, repeats) if limit < GITHUB_SECONDARY["secondary_limit"] else "—"
         window = settings["secondary_window"]
@@ -464,7 +459,7 @@ def _shell_loop_under(settings: dict[str, Any], n: int, repeats: int) -> str:
     for _ in range(repeats):
         old_key, new_key = _keys()
         with world(n, old_key) as bench_world:
-            bench_world.fleet.github.apply_settings(settings)
+            bench_world.fleet.sandbox("github_actions").apply_settings(settings)
             baseline(bench_world, new_key)()
             failures.append(n - _held_by_all(bench_world, new_key))
     return Sample.of(failures).show("", 0)

@@ -17,7 +17,8 @@ import hvac
 import yaml
 
 from demo.processes import DemoError, shown
-from sandbox.fleet import ConsumerFleet
+from sandbox.adapters import ADAPTER_KINDS
+from sandbox.fleet import ConsumerFleet, consumer_name
 
 ORG = "acme"
 ADMIN_ACCOUNT = "admin-bot"
@@ -45,27 +46,37 @@ class DemoKey:
         return f"kosli/{ORG}/{self.service_account}"
 
     def consumer_name(self, kind: str) -> str:
-        return f"{self.app}-{CONSUMER_SUFFIXES[kind]}"
+        return consumer_name(kind, self.app)
 
     def cli_config(self, state_dir: Path) -> Path:
-        return state_dir / "consumers" / f"{self.name}.yml"
+        """Where its Kosli CLI config consumer is (the ``kosli_cli_config`` adapter's ``{target}.yml``)."""
+        return cli_config_dir(state_dir) / f"{self.app}.yml"
 
 
-CONSUMER_SUFFIXES = {
-    "vault_kv": "vault",
-    "kosli_cli_config": "cli-config",
-    "github_actions": "github",
-    "gitlab_ci": "gitlab",
-    "jenkins_credential": "jenkins",
-    "circleci_env": "circleci",
-    "kubernetes_secret": "k8s",
-    "aws_secrets_manager": "aws",
-}
+def cli_config_dir(state_dir: Path) -> Path:
+    """The one directory the workers may write CLI configs to (``KOSLI_ROTATION_CLI_CONFIG_DIRS``)."""
+    return state_dir / "consumers"
+
+
 #: Where the reporter's Kubernetes Secret and the Deployment reading it live.
 K8S_NAMESPACE = "kosli-reporter"
+#: Each kind's options beyond its plain target: canaries where the service runs them, the Deployment to restart,
+#: CircleCI's context by name, the Vault secret's other field.
+QUIRKS: dict[str, dict[str, Any]] = {
+    "vault_kv": {"field": CONSUMER_FIELD, "keep": {"KOSLI_ORG": ORG}},
+    "github_actions": {"canary": True},
+    "jenkins_credential": {"canary": True},
+    "circleci_env": {"canary": True, "by_name": True},
+    "kubernetes_secret": {"restart": True},
+}
 
-# Between them, the two keys have a consumer of every kind: the CI bot's key is in the CI systems, the reporter's
-# in the cluster and in AWS; both are in an app's Vault secret and a Kosli CLI config file.
+#: Both keys are in an app's Vault secret and a Kosli CLI config file.
+SHARED_KINDS = ("vault_kv", "kosli_cli_config")
+#: The reporter's key is in the cluster and the cloud secret stores of AWS and Google Cloud...
+REPORTER_KINDS = ("kubernetes_secret", "aws_secrets_manager", "gcp_secret_manager")
+#: ... the CI bot's in every other kind with a fixture adapter (the CI systems, Azure Key Vault), so that between
+#: them the two keys have a consumer of every kind (``seed_keys_and_consumers`` checks it).
+CI_KINDS = tuple(kind for kind in ADAPTER_KINDS if kind not in SHARED_KINDS + REPORTER_KINDS)
 KEYS = (
     DemoKey(
         name="acme-ci-bot",
@@ -73,7 +84,7 @@ KEYS = (
         label="ci",
         app="ci",
         conf={"reason": "make demo: routine rotation", "strategy": "rotate", "grace_hours": 1},
-        kinds=("vault_kv", "kosli_cli_config", "github_actions", "gitlab_ci", "jenkins_credential", "circleci_env"),
+        kinds=SHARED_KINDS + CI_KINDS,
     ),
     DemoKey(
         name="acme-reporter-bot",
@@ -81,7 +92,7 @@ KEYS = (
         label="reporter",
         app="reporter",
         conf={"reason": "make demo: the key may have leaked", "strategy": "replace"},
-        kinds=("vault_kv", "kosli_cli_config", "kubernetes_secret", "aws_secrets_manager"),
+        kinds=SHARED_KINDS + REPORTER_KINDS,
     ),
 )
 
@@ -126,44 +137,21 @@ def seed_keys_and_consumers(
     """Put each current key where a team would have it before adopting the tool: its Vault record and every
     consumer of the key (in the sandboxes of ``fleet``, an app's Vault secret, a Kosli CLI config file).
     The rotation then moves all of them. Returns each key's consumer entries for the inventory."""
+    uncovered = sorted(set(fleet.kinds) - {kind for key in KEYS for kind in key.kinds})
+    if uncovered:
+        raise DemoError(f"no demo key has a consumer of kind {', '.join(uncovered)}: add it to a key in KEYS")
+    # The CLI configs go where the workers may write them, known once the state directory is.
+    quirks = {**QUIRKS, "kosli_cli_config": {"directory": cli_config_dir(state_dir)}}
     consumers = {}
     for key in KEYS:
         secret = seeded.secrets[key.service_account]
         vault.secrets.kv.v2.create_or_update_secret(
             path=key.vault_path, secret={"key": secret}, mount_point=VAULT_MOUNT
         )
-        consumers[key.name] = [_add_consumer(fleet, key, kind, secret, seeded.url, state_dir) for kind in key.kinds]
+        consumers[key.name] = [
+            fleet.add(kind, key.consumer_name(kind), secret, key.app, **quirks.get(kind, {})) for kind in key.kinds
+        ]
     return consumers
-
-
-def _add_consumer(
-    fleet: ConsumerFleet, key: DemoKey, kind: str, secret: str, kosli_url: str, state_dir: Path
-) -> dict[str, Any]:
-    """One consumer of ``key`` holding ``secret``; its inventory entry."""
-    name, app = key.consumer_name(kind), key.app
-    if kind == "vault_kv":
-        return fleet.add_vault_kv(name, secret, path=f"apps/{app}/kosli", field=CONSUMER_FIELD, keep={"KOSLI_ORG": ORG})
-    if kind == "kosli_cli_config":
-        return fleet.add_kosli_cli_config(name, secret, path=key.cli_config(state_dir), host=kosli_url)
-    if kind == "github_actions":
-        return fleet.add_github_actions(name, secret, repository=f"{ORG}/{app}-app", canary_workflow="kosli-canary.yml")
-    if kind == "gitlab_ci":
-        return fleet.add_gitlab_ci(name, secret, project=f"{ORG}/platform/{app}-app")
-    if kind == "jenkins_credential":
-        return fleet.add_jenkins_credential(
-            name, secret, credential_id=f"kosli-api-token-{app}", canary_job=f"canaries/kosli-check-{app}"
-        )
-    if kind == "circleci_env":
-        return fleet.add_circleci_env(
-            name, secret, context=f"kosli-{app}", canary_project=f"gh/{ORG}/{app}-app", by_name=True
-        )
-    if kind == "kubernetes_secret":
-        return fleet.add_kubernetes_secret(
-            name, secret, namespace=K8S_NAMESPACE, secret_name="kosli-api-token", deployment=f"{app}-web"
-        )
-    if kind == "aws_secrets_manager":
-        return fleet.add_aws_secrets_manager(name, secret, secret_id=f"{app}/kosli")
-    raise DemoError(f"the demo has no consumer of kind {kind!r}")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -201,7 +189,7 @@ def write_inventory(state_dir: Path, consumers: dict[str, list[dict[str, Any]]])
 
     # The CLI configs live under state_dir/consumers: the one directory the workers may write them to (every
     # Airflow process the demo starts inherits this environment).
-    os.environ[DIRS_ENV_VAR] = str(state_dir / "consumers")
+    os.environ[DIRS_ENV_VAR] = str(cli_config_dir(state_dir))
     path = state_dir / "inventory.yaml"
     path.write_text(yaml.safe_dump(inventory_document(consumers), sort_keys=False))
     try:

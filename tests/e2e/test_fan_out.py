@@ -24,9 +24,8 @@ from tests.support.scenario import Scenario
 pytestmark = pytest.mark.e2e
 
 MINTING_CALLS = ("create_api_key", "rotate_api_key")
-FAILING = NAMES["jenkins_credential"]
-#: Jenkins' credential writes (update config.xml, createCredentials); preflight only reads (GET api/json).
-JENKINS_WRITES = r"/(config\.xml|createCredentials)$"
+FAILING_KIND = "jenkins_credential"
+FAILING = NAMES[FAILING_KIND]
 
 
 # -- reading a run -------------------------------------------------------------------------------------------
@@ -34,7 +33,7 @@ JENKINS_WRITES = r"/(config\.xml|createCredentials)$"
 
 def _instances(dag_run: Any) -> list[tuple[str, int, str, str]]:
     """(task_id, map_index, label, state) of every task instance of the run; a mapped task's label is its grid
-    label, e.g. ``fan_out[jenkins-ci]`` (one batch per kind here, so one consumer per batch)."""
+    label, e.g. ``fan_out[app-jenkins]`` (one batch per kind here, so one consumer per batch)."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
@@ -74,7 +73,7 @@ class FailedTasks:
         self.errors[(task_instance.task_id, task_instance.map_index)] = str(error)
 
     def by_label(self, dag_run: Any) -> dict[str, str]:
-        """The errors of this run's failed tasks, by label (``fan_out[jenkins-ci]``)."""
+        """The errors of this run's failed tasks, by label (``fan_out[app-jenkins]``)."""
         labels = map_labels(dag_run)
         return {labels[where]: error for where, error in self.errors.items() if where in labels}
 
@@ -167,8 +166,8 @@ def test_a_failing_consumer_blocks_revocation_and_a_new_run_finishes_without_rot
     scenario.kosli.hour_seconds = 120.0  # whatever Kosli does by the hour, the old key outlives both runs
     assert_every_kind_is_in_the_inventory(scenario, fleet)
     others = [name for name in fleet.consumer_names if name != FAILING]
-    # Jenkins refuses the credential write only, after preflight's read-only access checks have passed.
-    fleet.jenkins.faults.add(JENKINS_WRITES, method="POST", status=403, times=None)
+    # Jenkins refuses the credential writes only, after preflight's read-only access checks have passed.
+    refusal = fleet.adapter(FAILING_KIND).fail_writes(403)
 
     failed = scenario.run(strategy="replace")
 
@@ -198,7 +197,7 @@ def test_a_failing_consumer_blocks_revocation_and_a_new_run_finishes_without_rot
     assert minting_calls(scenario) == 1
     writes_after_failure = fleet.write_marks()
 
-    fleet.jenkins.faults.clear()
+    refusal.remove()
     resumed = scenario.run(strategy="replace")
 
     assert resumed.state == "success", task_states(resumed)
@@ -223,7 +222,7 @@ def test_the_gate_names_only_the_consumer_that_failed(
     fleet_scenario: Scenario, fleet: Fleet, failed_tasks: FailedTasks
 ) -> None:
     fleet_scenario.kosli.hour_seconds = 120.0
-    fleet.jenkins.faults.add(JENKINS_WRITES, method="POST", status=403, times=None)
+    fleet.adapter(FAILING_KIND).fail_writes(403)
 
     failed = fleet_scenario.run(strategy="replace")
 

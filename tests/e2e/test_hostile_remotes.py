@@ -74,13 +74,8 @@ def test_a_kosli_host_answering_every_call_with_a_hostile_body_still_gets_a_clea
 
 
 WRITES = ("PUT", "POST", "PATCH", "DELETE")
-HOSTILE_SANDBOXES = {
-    "github_actions": "github",
-    "gitlab_ci": "gitlab",
-    "jenkins_credential": "jenkins",
-    "circleci_env": "circleci",
-    "kubernetes_secret": "kubernetes",
-}
+#: The kinds whose sandbox can reflect a request in its answer (``ConsumerFleet.sandbox``).
+HOSTILE_SANDBOXES = ("github_actions", "gitlab_ci", "jenkins_credential", "circleci_env", "kubernetes_secret")
 
 
 def fleet_credentials(fleet) -> list[str]:
@@ -120,9 +115,11 @@ def test_a_consumer_answering_its_writes_with_a_hostile_body_still_gets_a_clean_
     credentials = fleet_credentials(fleet)
     known = [scenario.admin_key, openbao.token, *credentials]
     if kind == "aws_secrets_manager":
-        fleet.aws_front.fail_always(AwsError(400, "ValidationException", hostile_body(*known)))
+        fleet.adapter("aws_secrets_manager").front.fail_always(
+            AwsError(400, "ValidationException", hostile_body(*known))
+        )
     else:
-        rule = getattr(fleet, HOSTILE_SANDBOXES[kind]).faults.add("", status=500, times=0)
+        rule = fleet.sandbox(kind).faults.add("", status=500, times=0)
         rule.when = reflect_what_it_got(rule, *known)
 
     run = scenario.run(strategy="rotate", grace_hours=24)

@@ -51,7 +51,7 @@ def fail_the_fan_out(scenario: Scenario, fleet: Any) -> str:
     scenario.write_inventory(
         consumers=[c for c in fleet.consumers if c["name"] in (NAMES["github_actions"], NAMES["vault_kv"])]
     )
-    rule = fleet.github.faults.add("", status=500, times=0)
+    rule = fleet.sandbox("github_actions").faults.add("", status=500, times=0)
     rule.when = reflect_what_it_got(rule, scenario.admin_key, *fleet_credentials(fleet))
     return "all_consumers_verified"
 

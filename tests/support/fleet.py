@@ -1,50 +1,52 @@
-"""One sandbox of every consumer service, each holding the OLD key, wired for the real DAG (``dag.test()``).
+"""One sandbox of every consumer kind, each holding the OLD key, wired for the real DAG (``dag.test()``).
 
-A ``Fleet`` is what a deployment looks like before a rotation: a GitHub repository secret, a GitLab project
-variable, a Jenkins Secret-text credential, a CircleCI context variable, a Kubernetes Secret read by a
-Deployment and an AWS Secrets Manager secret, all holding the key that is in Vault now, beside the two consumers
-``Scenario`` already has (a Vault KV path and a Kosli CLI config file). The canary-capable services (GitHub,
-Jenkins, CircleCI) run their canary jobs for real against the Kosli sandbox, with whatever secret they hold.
+A ``Fleet`` is what a deployment looks like before a rotation: one consumer of every kind the product has
+(``kosli_rotation.consumers.KINDS``), each seeded through its fixture adapter (``sandbox.adapters``) with the key
+that is in Vault now: a GitHub repository secret, a GitLab project variable, a Jenkins Secret-text credential, a
+CircleCI context variable, a Kubernetes Secret read by a Deployment, an AWS Secrets Manager secret, a Vault KV path
+and a Kosli CLI config file... The canary-capable services (GitHub, Jenkins, CircleCI) run their canary jobs for
+real against the Kosli sandbox, with whatever secret they hold.
 
 The sandboxes, the seeding and the reading are ``sandbox.fleet.ConsumerFleet``'s (``make demo`` uses it too); what
-is pytest's lives here: connections set with ``monkeypatch``, quicker client pacing, and moto behind a front that
-counts AWS writes. Everything the tests assert is read through each sandbox's own view (decrypted secrets, stored
-variables, write counters, canary run lists, pod start records), never through the product's code.
+is pytest's lives here: connections set with ``monkeypatch`` and quicker client pacing. Everything the tests assert
+is read through each sandbox's own view (decrypted secrets, stored variables, write counters, canary run lists, pod
+start records), never through the product's code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
 
-from sandbox.fleet import ConsumerFleet
-from tests.support.aws_errors import AwsErrorFront
-from tests.support.scenario import CONSUMER_FIELD, CONSUMER_VAULT_PATH, ORG, Scenario
+from kosli_rotation.consumers import KINDS
+from sandbox.fleet import ConsumerFleet, consumer_name
+from tests.support.scenario import ORG, Scenario
 
-GITHUB_REPO = "acme/app"
-GITLAB_PROJECT = "acme/platform/app"
-JENKINS_CREDENTIAL = "kosli-api-token"
-CIRCLECI_PROJECT = "gh/acme/app"
+#: Every kind's target is called this (names of repositories, projects, credentials... derive from it).
+TARGET = "app"
 K8S_NAMESPACE = "reporting"
-K8S_DEPLOYMENT = "k8s-reporter"
-AWS_SECRET = "ci/kosli"
-AWS_WRITES = ("secretsmanager.PutSecretValue", "secretsmanager.CreateSecret")
-
-#: Consumer names in the inventory, by kind (the two Scenario kinds keep Scenario's names).
-NAMES = {
-    "vault_kv": "reporter-vault",
-    "kosli_cli_config": "release-cli",
-    "github_actions": "gh-app",
-    "gitlab_ci": "gitlab-app",
-    "jenkins_credential": "jenkins-ci",
-    "circleci_env": "circleci-ctx",
-    "kubernetes_secret": "k8s-reporter",
-    "aws_secrets_manager": "aws-ci",
+#: Consumer names in the inventory, by kind: the one naming rule of ``sandbox.fleet``.
+NAMES = {kind: consumer_name(kind, TARGET) for kind in KINDS}
+#: Each kind's options beyond its plain target: canaries where the service runs them, a Deployment to restart.
+QUIRKS: dict[str, dict[str, Any]] = {
+    "vault_kv": {"keep": {"other": "kept"}},
+    "github_actions": {"canary": True, "workflow": "canary.yml"},
+    "jenkins_credential": {"canary": True},
+    "circleci_env": {"canary": True},
+    "kubernetes_secret": {"restart": True},
 }
 #: The consumers whose verification runs a canary job in its sandbox.
-CANARIES = ("gh-app", "jenkins-ci", "circleci-ctx")
+CANARIES = tuple(NAMES[kind] for kind in ("github_actions", "jenkins_credential", "circleci_env"))
+
+
+def quick_client_pacing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client-side pacing that only slows a local sandbox down (the consumer tests do the same)."""
+    from kosli_rotation.consumers import github_actions, kubernetes_secret
+
+    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
+    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
+    monkeypatch.setattr(kubernetes_secret, "ROLLOUT_POLL_SECONDS", 0.05)
 
 
 class Fleet(ConsumerFleet):
@@ -55,8 +57,12 @@ class Fleet(ConsumerFleet):
             kosli_url=scenario.kosli.url,
             org=ORG,
             vault=scenario.vault,
+            vault_url=scenario.bao.url,
+            vault_token=scenario.bao.token,
             vault_mount=scenario.mount,
             kubernetes_namespaces=[K8S_NAMESPACE],
+            files_dir=scenario.workdir / "kosli-cli",
+            kinds=tuple(KINDS),
         )
         self.scenario = scenario
         self.monkeypatch = monkeypatch
@@ -65,11 +71,14 @@ class Fleet(ConsumerFleet):
     def start(self) -> Fleet:
         super().start()
         try:
-            self._quick_client_pacing()
-            self._count_aws_writes()
-            self._seed_every_kind()
-            for conn_id, connection in self.airflow_env().items():
-                self.monkeypatch.setenv(conn_id, connection)
+            quick_client_pacing(self.monkeypatch)
+            for kind in self.kinds:
+                self.add(kind, NAMES[kind], self.old_key, TARGET, **QUIRKS.get(kind, {}))
+            # Only the connections: an adapter's own variables (a CA bundle) are set in this process by the adapter
+            # for as long as it runs, and monkeypatch would restore them after it has stopped.
+            for variable, value in self.airflow_env().items():
+                if variable.startswith("AIRFLOW_CONN_"):
+                    self.monkeypatch.setenv(variable, value)
         except BaseException:
             self.stop()
             raise
@@ -82,38 +91,6 @@ class Fleet(ConsumerFleet):
     @property
     def consumer_names(self) -> list[str]:
         return list(self.seeded)
-
-    def _quick_client_pacing(self) -> None:
-        """Client-side pacing that only slows a local sandbox down (the consumer tests do the same)."""
-        from kosli_rotation.consumers import github_actions, kubernetes_secret
-
-        self.monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
-        self.monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
-        self.monkeypatch.setattr(kubernetes_secret, "ROLLOUT_POLL_SECONDS", 0.05)
-
-    def _count_aws_writes(self) -> None:
-        """moto counts nothing: the product reaches it through a front that records every operation."""
-        self.aws_front = self._stack.enter_context(AwsErrorFront(self.moto_url))
-        self.route_aws_through(self.aws_front.url)
-
-    def _seed_every_kind(self) -> None:
-        old_key = self.old_key
-        self.add_vault_kv(
-            NAMES["vault_kv"], old_key, path=CONSUMER_VAULT_PATH, field=CONSUMER_FIELD, keep={"other": "kept"}
-        )
-        self.add_kosli_cli_config(
-            NAMES["kosli_cli_config"], old_key, path=self.scenario.cli_config_path, host=self.scenario.kosli.url
-        )
-        self.add_github_actions(NAMES["github_actions"], old_key, repository=GITHUB_REPO, canary_workflow="canary.yml")
-        self.add_gitlab_ci(NAMES["gitlab_ci"], old_key, project=GITLAB_PROJECT)
-        self.add_jenkins_credential(NAMES["jenkins_credential"], old_key, credential_id=JENKINS_CREDENTIAL)
-        self.add_circleci_env(NAMES["circleci_env"], old_key, context="kosli", canary_project=CIRCLECI_PROJECT)
-        self.add_kubernetes_secret(NAMES["kubernetes_secret"], old_key, deployment=K8S_DEPLOYMENT)
-        self.add_aws_secrets_manager(NAMES["aws_secrets_manager"], old_key, secret_id=AWS_SECRET)
-        aws = NAMES["aws_secrets_manager"]
-        self.seeded[aws] = dataclasses.replace(
-            self.seeded[aws], write_mark=lambda: sum(op in AWS_WRITES for op in self.aws_front.operations)
-        )
 
     def deployment_pod_fingerprints(self) -> list[str | None]:
         """For each current pod of the Deployment, the fingerprint of the key it started with (sandbox's view)."""
