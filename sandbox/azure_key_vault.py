@@ -46,7 +46,7 @@ MAX_PAGE = 25
 RECOVERY_LEVEL = "Recoverable+Purgeable"
 RETENTION_DAYS = 90
 SECRET_PATH = r"/secrets/(?P<name>[^/]+)"
-VERSION_PATH = SECRET_PATH + r"(?:/(?P<version>(?!versions$)[^/]*))?"
+VERSION_PATH = SECRET_PATH + r"/?(?P<version>(?!versions$)[^/]*)"  # "" (or no "/"): the latest
 
 
 @dataclass
@@ -294,7 +294,7 @@ class AzureKeyVaultSandbox(TlsServing, EntraIdentity, SandboxServer):
             return json_response(200, self._bundle(name, version, value=True))
 
     @route("GET", VERSION_PATH)
-    def get_secret(self, request: Request, name: str, version: str | None = None) -> Response:
+    def get_secret(self, request: Request, name: str, version: str) -> Response:
         self._authorize(request, "get")
         with self.lock:
             found = self._version(name, version)
@@ -303,7 +303,7 @@ class AzureKeyVaultSandbox(TlsServing, EntraIdentity, SandboxServer):
             return json_response(200, self._bundle(name, found, value=True))
 
     @route("PATCH", VERSION_PATH)
-    def update_secret(self, request: Request, name: str, version: str | None = None) -> Response:
+    def update_secret(self, request: Request, name: str, version: str) -> Response:
         self._authorize(request, "update")
         body = request.json()
         if not isinstance(body, dict):

@@ -15,56 +15,58 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from sandbox.adapters.base import LOOPBACK, FixtureAdapter, InjectedFault, SeededConsumer
+from sandbox.adapters.base import LOOPBACK, InjectedFault, SeededConsumer
+from sandbox.adapters.served import ServedAdapter, invalid_token
 from sandbox.azure_identity import OFFICER
 from sandbox.azure_key_vault import AzureKeyVaultSandbox
 from sandbox.tls import make_authority, trusted_by_requests
 
 CONN_ID = "azure_default"
-#: The writes ``fail_writes`` answers: a new version (PUT), authenticated (not the client's bare challenge request).
-WRITE_PATH = r"^/secrets/[^/]+/?$"
 
 
-@dataclass
-class AzureKeyVaultAdapter(FixtureAdapter):
-    kind: ClassVar[str] = "azure_key_vault"
-    service: ClassVar[str] = "Azure Key Vault"
+def _never(_: Any) -> bool:
+    return False
 
-    #: Variables a child process needs to reach the sandbox (``REQUESTS_CA_BUNDLE``).
-    environment: dict[str, str] = field(default_factory=dict)
-    vault: AzureKeyVaultSandbox | None = None
-    client_id: str = ""
-    _client_secret: str = field(default="", repr=False)
+
+class AzureKeyVaultAdapter(ServedAdapter):
+    kind = "azure_key_vault"
+    service = "Azure Key Vault"
+    #: A write is a new version (PUT); faults answer authenticated ones, not the client's bare challenge request.
+    write_path = r"^/secrets/[^/]+/?$"
+    write_methods = frozenset({"PUT"})
+
+    server: AzureKeyVaultSandbox
+    #: Variables a child process needs to reach the sandbox (``REQUESTS_CA_BUNDLE``), for ``ConsumerFleet``.
+    environment: dict[str, str]
 
     def start(self, stack: contextlib.ExitStack) -> None:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="azure-kv-")))
         authority = make_authority(directory)
         self.environment = stack.enter_context(trusted_by_requests(authority.ca_file, directory))
-        self.vault = stack.enter_context(AzureKeyVaultSandbox(authority=authority).start(LOOPBACK))
-        self.client_id, self._client_secret = self.vault.add_app(OFFICER)
-        self.url = self.vault.url
-        self.connections = {CONN_ID: self._connection(self._client_secret)}
+        self.server = stack.enter_context(AzureKeyVaultSandbox(authority=authority).start(LOOPBACK))
+        self.client_id, client_secret = self.server.add_app(OFFICER)
+        self.url = self.server.url
+        self.connections[CONN_ID] = self._connection(client_secret)
 
     def _connection(self, client_secret: str) -> dict[str, Any]:
-        assert self.vault is not None
         extra = {
-            "tenant_id": self.vault.tenant,
-            "authority_host": self.vault.url,
+            "tenant_id": self.server.tenant,
+            "authority_host": self.server.url,
             "disable_instance_discovery": True,
             "verify_challenge_resource": False,
         }
         return {"conn_type": "azure", "login": self.client_id, "password": client_secret, "extra": extra}
 
-    def seed(self, name: str, value: str, target: str, **quirks: Any) -> SeededConsumer:
-        """Secret ``<target>-kosli`` holding ``value``; quirks are inventory fields (``retire``, ``tags``, ...)."""
-        vault = self.vault
-        assert vault is not None, "start the adapter first"
+    def seed(self, name: str, value: str | None, target: str, **quirks: Any) -> SeededConsumer:
+        """Secret ``<target>-kosli`` holding ``value`` (None: not created yet); quirks are inventory fields
+        (``retire``, ``tags``, ``content_type``)."""
+        vault = self.server
         secret_name = re.sub(r"[^0-9a-zA-Z-]", "-", f"{target}-kosli")[:127]
-        vault.put_secret(secret_name, value)
+        if value is not None:
+            vault.put_secret(secret_name, value)
         entry = {"name": name, "kind": self.kind, "vault_url": vault.url, "secret_name": secret_name, **quirks}
         return SeededConsumer(
             entry=entry,
@@ -76,24 +78,29 @@ class AzureKeyVaultAdapter(FixtureAdapter):
 
     def wrong_credentials(self) -> dict[str, dict[str, Any]]:
         """The same app with a client secret Entra refuses (401 ``invalid_client``, AADSTS7000215)."""
-        return {CONN_ID: self._connection("not-the-client-secret-" + "x" * 18)}
+        return {CONN_ID: self._connection(invalid_token("kv~", 40))}
 
     def fail_writes(self, status: int, *, times: int = 0, headers: dict[str, str] | None = None) -> InjectedFault:
-        vault = self.vault
-        assert vault is not None, "start the adapter first"
-        active = [True]
-        code = {429: "Throttled", 503: "ServiceUnavailable"}.get(status, "InternalServerError" if status >= 500 else "")
-        body = {"error": {"code": code or f"Http{status}", "message": "Injected by the sandbox adapter"}}
-        rule = vault.faults.add(
-            WRITE_PATH,
+        code = "Throttled" if status == 429 else "ServiceUnavailable" if status == 503 else f"Http{status}"
+        rule = self.server.faults.add(
+            self.write_path,
             method="PUT",
             status=status,
-            times=times,
+            times=times or None,
             headers=dict(headers or {}),
-            body=body,
-            when=lambda request: active[0] and bool(request.headers.get("Authorization")),
+            body={"error": {"code": code, "message": "Injected by the sandbox adapter"}},
+            when=lambda request: bool(request.headers.get("Authorization")),
         )
-        return InjectedFault(lambda: rule.fired, lambda: active.__setitem__(0, False))
+
+        def remove() -> None:
+            rule.when = _never
+
+        return InjectedFault(lambda: rule.fired, remove)
+
+    def requests_served(self) -> int:
+        """Requests to the vault and the token endpoint; the OpenID discovery document (public metadata each new
+        credential fetches once, no credential sent) is not counted."""
+        return super().requests_served() - self.requests_to("openid_configuration")
 
 
 ADAPTER = AzureKeyVaultAdapter
