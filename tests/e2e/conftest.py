@@ -1,5 +1,6 @@
 """Fixtures of the fan-out acceptance tests: the Scenario of tests/conftest.py, plus a Fleet of consumer sandboxes
-(``sandbox.fleet.ConsumerFleet``, which ``make demo`` uses too, seeded with the scenario's key)."""
+(``sandbox.fleet.ConsumerFleet``, a loop over the fixture adapters of ``sandbox.adapters`` that ``make demo`` uses
+too, seeded with the scenario's key)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def fleet(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet
 
 @pytest.fixture
 def fleet_scenario(scenario: Scenario, fleet: Fleet) -> Scenario:
-    """The scenario's key with a consumer of every kind (the Scenario's own two and the fleet's) in its inventory."""
+    """The scenario's key with the fleet's consumers in its inventory: one of every kind, seeded through the kinds'
+    fixture adapters (they replace the Scenario's own two)."""
     scenario.write_inventory(consumers=fleet.consumers)
     return scenario
 
