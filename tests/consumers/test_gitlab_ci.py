@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from kosli_rotation.consumers import gitlab_ci
+from kosli_rotation.consumers import gitlab_ci, transport
 from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import fingerprint
@@ -72,7 +73,7 @@ def gl(monkeypatch: pytest.MonkeyPatch) -> Iterator[GitLab]:
 @pytest.fixture
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff without a server hint lasts 10 ms, so exhausting the retry budget stays fast."""
-    monkeypatch.setattr(gitlab_ci, "backoff_delay", lambda attempt, **_: 0.01)
+    monkeypatch.setattr(transport, "backoff_delay", lambda attempt, **_: 0.01)
 
 
 # -- create, update, idempotency --------------------------------------------------------------------------
@@ -330,46 +331,78 @@ def test_server_errors_then_recovering(gl: GitLab) -> None:
 
 def test_persistent_server_errors_give_up_as_retryable(gl: GitLab, quick_backoff: None) -> None:
     gl.server.faults.add(r"/variables", method="PUT", status=500, times=None)
-    with pytest.raises(ConsumerError, match="kept answering 500") as gave_up:
+    with pytest.raises(ConsumerError, match="HTTP 500") as gave_up:
         gl.consumer().write(KEY)
     assert gave_up.value.retryable is True
-    assert gl.requests("update_variable") == gitlab_ci.MAX_ATTEMPTS
+    assert gl.requests("update_variable") == transport.DEFAULT_POLICY.max_attempts
     assert gl.stored() is None
 
 
 def test_persistent_rate_limit_gives_up_after_our_budget_not_the_library_s(gl: GitLab) -> None:
     """python-gitlab would retry a 429 ten times per call, sleeping any Retry-After; only our loop may retry."""
     gl.server.faults.add(r"/variables", method="PUT", status=429, headers={"Retry-After": "0"}, times=None)
-    with pytest.raises(ConsumerError, match="kept answering 429") as gave_up:
+    with pytest.raises(ConsumerError, match="HTTP 429") as gave_up:
         gl.consumer().write(KEY)
     assert gave_up.value.retryable is True
-    assert gl.requests("update_variable") == gitlab_ci.MAX_ATTEMPTS
+    assert gl.requests("update_variable") == transport.DEFAULT_POLICY.max_attempts
 
 
 def test_unreachable_gitlab_gives_up_as_retryable(gl: GitLab, quick_backoff: None) -> None:
     gl.monkeypatch.setenv(
         "AIRFLOW_CONN_GITLAB_DEFAULT", json.dumps({"conn_type": "http", "host": "http://127.0.0.1:9", "password": "t"})
     )
-    with pytest.raises(ConsumerError, match=r"cannot reach GitLab at http://127\.0\.0\.1:9") as gave_up:
+    with pytest.raises(ConsumerError, match=r"GitLab at http://127\.0\.0\.1:9 did not answer") as gave_up:
         gl.consumer().check_access()
     assert gave_up.value.retryable is True
 
 
-def test_waits_follow_retry_after_then_ratelimit_reset_capped_at_a_minute(gl: GitLab) -> None:
-    import gitlab.exceptions
+def test_a_wait_longer_than_a_minute_fails_at_once_as_retryable(gl: GitLab) -> None:
+    """The shared policy: a server asking for more than a minute is not waited for inside the task (this kind used
+    to wait a capped minute and try again; Airflow's own task retry comes back later instead)."""
+    gl.server.faults.add(r"/variables", method="PUT", status=429, headers={"Retry-After": "3600"}, times=0)
+    started = time.monotonic()
+    with pytest.raises(ConsumerError, match="asks to wait 3600 s, longer than one task waits") as gave_up:
+        gl.consumer().write(KEY)
+    assert gave_up.value.retryable is True
+    assert gl.requests("update_variable") == 1
+    assert time.monotonic() - started < 5
 
-    consumer = gl.consumer()
-    throttled = gitlab.exceptions.GitlabUpdateError("Retry later", 429)
-    refused = gitlab.exceptions.GitlabUpdateError("403 Forbidden", 403)
-    consumer._last_headers = {"Retry-After": "7"}
-    assert consumer._retry_delay(throttled, 0) == 7
-    consumer._last_headers = {"Retry-After": "3600"}
-    assert consumer._retry_delay(throttled, 0) == gitlab_ci.MAX_WAIT_SECONDS
-    consumer._last_headers = {"RateLimit-Reset": str(int(time.time()) + 20)}
-    assert 18 <= consumer._retry_delay(throttled, 0) <= 20
-    consumer._last_headers = {"Retry-After": "3600"}
-    assert consumer._retry_delay(refused, 0) is None
-    assert consumer._retry_delay(gitlab.exceptions.GitlabAuthenticationError("401", 401), 0) is None
+
+def test_ratelimit_reset_is_waited_for_when_retry_after_is_missing(gl: GitLab) -> None:
+    reset = {"RateLimit-Remaining": "0", "RateLimit-Reset": str(int(time.time()) + 2)}  # GitLab: a Unix time
+    gl.server.faults.add(r"/variables", method="PUT", status=429, headers=reset, times=1)
+    started = time.monotonic()
+    gl.consumer().write(KEY)
+    assert time.monotonic() - started >= 0.9
+    assert gl.requests("update_variable") == 2 and gl.stored()["value"] == KEY
+
+
+def test_retry_after_as_an_http_date_is_honoured(gl: GitLab) -> None:
+    """A proxy may send Retry-After as a date; this kind used to ignore it and back off on its own."""
+    when = {"Retry-After": email.utils.formatdate(time.time() + 3, usegmt=True)}
+    gl.server.faults.add(r"/variables", method="PUT", status=503, headers=when, times=1)
+    started = time.monotonic()
+    gl.consumer().write(KEY)
+    assert time.monotonic() - started >= 1.5  # our own backoff would have waited about one second
+    assert gl.requests("update_variable") == 2 and gl.stored()["value"] == KEY
+
+
+def test_not_implemented_is_final_and_not_retried(gl: GitLab) -> None:
+    gl.server.faults.add(r"/variables", method="PUT", status=501, times=0)
+    with pytest.raises(ConsumerError, match="HTTP 501") as refused:
+        gl.consumer().write(KEY)
+    assert refused.value.retryable is False
+    assert gl.requests("update_variable") == 1
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_an_answer_that_echoes_the_key_is_scrubbed(gl: GitLab, status: int) -> None:
+    echo = {"message": {"value": [f"{KEY} is not what we expected"]}}
+    gl.server.faults.add(r"/variables", method="PUT", status=status, body=echo, times=0)
+    with pytest.raises(ConsumerError) as refused:
+        gl.consumer().write(KEY)
+    assert refused.value.retryable is False
+    assert KEY not in str(refused.value) and "is not what we expected" in str(refused.value)
 
 
 # -- configuration -----------------------------------------------------------------------------------------

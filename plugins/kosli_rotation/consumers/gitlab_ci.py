@@ -4,49 +4,67 @@ GitLab returns variable values, so the key is read back and compared by full dig
 variables (``masked_and_hidden``, GitLab 17.4+), whose value GitLab never returns: those are verified by
 the acknowledgement of an idempotent re-write instead.
 
-Retries: python-gitlab's own loop (``obey_rate_limit``, ``retry_transient_errors``, ``max_retries`` in
-``gitlab/utils.py`` ``Retry``) sleeps whatever ``Retry-After`` or ``RateLimit-Reset`` says with no cap and no
-overall deadline, crashes on a non-integer ``Retry-After``, and backs off 5xx for only 0.1 * 2^n s. So it is
-switched off on every call (``obey_rate_limit=False``; ``retry_transient_errors`` stays False) and
-``call_with_retries`` does the retrying instead, reading the rate-limit headers of the last response.
+python-gitlab's own retry loop (no cap, no deadline) is off on every call (``NO_LIBRARY_RETRIES``): the shared
+``Transport`` retries, reading the headers of the last response (python-gitlab's errors carry none).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import astuple
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers.base import WRITE_CONFIRMED_ONLY, Consumer, ConsumerConfig, Proof, Verification
+from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport, classify_requests
+from kosli_rotation.consumers.transport import connection_or_explain as _connection_or_explain
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest, fingerprint, hold_secret, short
-from kosli_rotation.retrying import backoff_delay, call_with_retries, retry_after_seconds
+from kosli_rotation.scrub import one_line
 
 if TYPE_CHECKING:
     import gitlab.exceptions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Tolerate = Callable[["gitlab.exceptions.GitlabError"], bool] | None
 
 VARIABLE_KEY = re.compile(r"[A-Za-z0-9_]{1,255}")
 ENVIRONMENT_SCOPE = re.compile(r"[A-Za-z0-9_/${}. *-]{1,255}")
+SPELLINGS = {  # field: (pattern, what is wrong otherwise)
+    "variable": (VARIABLE_KEY, "is not a valid GitLab variable key: use 1 to 255 letters, digits and '_'"),
+    "environment_scope": (
+        ENVIRONMENT_SCOPE,
+        "is invalid: use '*' or an environment name/pattern of up to 255 letters, digits, spaces and - _ / $ { } . *",
+    ),
+}
 PATH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-#: Retry budget for 429, 5xx and network errors: at most this many attempts, within this many seconds.
-MAX_ATTEMPTS = 5
-RETRY_BUDGET_SECONDS = 180.0
-#: Longest single wait, whatever Retry-After / RateLimit-Reset ask for.
-MAX_WAIT_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: Passed to every python-gitlab call: it must not run its own (unbounded) 429 loop underneath ours.
 NO_LIBRARY_RETRIES: dict[str, Any] = {"obey_rate_limit": False, "retry_transient_errors": False}
 DESCRIPTION = "Kosli API key, rotated by kosli-key-rotation"
+#: What to fix when GitLab refuses (``{conn_id}``, ``{url}``, ``{target}`` and ``{role}`` filled in per consumer).
+FIXES = Fixes(
+    unauthorized="the token is wrong, expired or revoked: put a valid one with the api scope in its password",
+    forbidden="the token needs the api scope and the {role} role on {target}",
+    not_found=(
+        "{target} was not found at {url}, or the token of connection {conn_id!r} cannot see it: check the id or "
+        "full path and the token user's membership"
+    ),
+)
+UNMASKABLE = (
+    "a masked variable needs at least 8 characters without spaces (and, unless it is raw, only letters, digits and "
+    "_+=/@:.~-)"
+)
+CREATE_CONNECTION = (
+    "an HTTP connection whose host is the GitLab URL and whose password is an access token with the api scope"
+)
 
 
 def _target_reference(value: Any, what: str, *, needs_namespace: bool) -> int | str:
@@ -62,10 +80,7 @@ def _target_reference(value: Any, what: str, *, needs_namespace: bool) -> int | 
     if "://" in value:
         raise ValueError(f"{what} {value!r} is a URL: give the full path after the host, e.g. 'group/{what}'")
     segments = value.split("/")
-    bad = [
-        segment for segment in segments if not PATH_SEGMENT.fullmatch(segment) or segment.endswith((".git", ".atom"))
-    ]
-    if bad:
+    if any(not PATH_SEGMENT.fullmatch(part) or part.endswith((".git", ".atom")) for part in segments):
         raise ValueError(
             f"{what} path {value!r} is not a GitLab full path: each part must start with a letter, digit or '_' "
             "and contain only letters, digits, '_', '-' and '.' (no leading/trailing '/', no '.git')"
@@ -86,37 +101,20 @@ class GitLabCiConfig(ConsumerConfig):
     masked: bool = Field(default=True, description="Hide the value in job logs.")
     protected: bool = Field(default=False, description="Only expose it to protected branches and tags.")
     raw: bool = Field(default=True, description="Do not expand '$' references inside the value.")
-    hidden: bool = Field(
-        default=False, description="Masked and hidden (GitLab 17.4+): never shown again, even by the API."
-    )
+    hidden: bool = Field(default=False, description="Masked and hidden (GitLab 17.4+): not even the API shows it.")
 
-    @field_validator("project", mode="before")
+    @field_validator("project", "group", mode="before")
     @classmethod
-    def _project_reference(cls, value: Any) -> int | str | None:
-        return None if value is None else _target_reference(value, "project", needs_namespace=True)
+    def _target(cls, value: Any, info: ValidationInfo) -> int | str | None:
+        what = str(info.field_name)
+        return None if value is None else _target_reference(value, what, needs_namespace=what == "project")
 
-    @field_validator("group", mode="before")
+    @field_validator("variable", "environment_scope")
     @classmethod
-    def _group_reference(cls, value: Any) -> int | str | None:
-        return None if value is None else _target_reference(value, "group", needs_namespace=False)
-
-    @field_validator("variable")
-    @classmethod
-    def _variable_key(cls, value: str) -> str:
-        if not VARIABLE_KEY.fullmatch(value):
-            raise ValueError(
-                f"variable {value!r} is not a valid GitLab variable key: use 1 to 255 letters, digits and '_'"
-            )
-        return value
-
-    @field_validator("environment_scope")
-    @classmethod
-    def _scope(cls, value: str) -> str:
-        if not ENVIRONMENT_SCOPE.fullmatch(value):
-            raise ValueError(
-                f"environment_scope {value!r} is invalid: use '*' or an environment name/pattern of up to 255 "
-                "letters, digits, spaces and - _ / $ { } . *"
-            )
+    def _spelling(cls, value: str, info: ValidationInfo) -> str:
+        pattern, problem = SPELLINGS[str(info.field_name)]
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{info.field_name} {value!r} {problem}")
         return value
 
     @model_validator(mode="after")
@@ -145,25 +143,12 @@ def _base_url(connection: Any, conn_id: str) -> str:
     return urlunsplit(parts._replace(path=path, query="", fragment=""))
 
 
-def _server_wait(headers: Mapping[str, str]) -> float | None:
-    """What GitLab asks us to wait: ``Retry-After`` seconds, else until ``RateLimit-Reset`` (epoch seconds)."""
-    wait = retry_after_seconds(headers.get("Retry-After"))
-    reset = headers.get("RateLimit-Reset")
-    if wait is None and reset:
-        try:
-            value = float(reset)
-        except ValueError:
-            return None
-        wait = max(0.0, value - time.time()) if value > 1e9 else value  # epoch, or delta seconds from a proxy
-    return wait
-
-
 def _message(error: gitlab.exceptions.GitlabError) -> str:
-    """GitLab's error text: ``{"message": "..."}``, ``{"message": {"field": [...]}}`` or ``{"error": "..."}``."""
+    """GitLab's error text, scrubbed: ``{"message": "..."}``, ``{"message": {"field": [...]}}``, ``{"error": ...}``."""
     message = error.error_message
     if isinstance(message, dict):
-        return "; ".join(f"{field} {' '.join(map(str, texts))}" for field, texts in message.items())
-    return str(message).strip()[:300] or "no message"
+        message = "; ".join(f"{field} {' '.join(map(str, texts))}" for field, texts in message.items())
+    return one_line(message, limit=300) or "no message"
 
 
 def _variable_missing(error: gitlab.exceptions.GitlabError) -> bool:
@@ -187,8 +172,7 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
         self._url: str | None = None
         self._last_status = 0
         self._last_headers: Mapping[str, str] = {}
-
-    # -- naming ----------------------------------------------------------------------------------
+        self._transport: Transport | None = None
 
     @property
     def target(self) -> str:
@@ -202,38 +186,27 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
     def describe(self) -> str:
         return f"GitLab CI/CD {self.variable_ref} (connection {self.config.conn_id})"
 
-    # -- plumbing --------------------------------------------------------------------------------
-
     def _gitlab(self) -> Any:
         """A python-gitlab client for the connection, created on first use (never at DAG parse time)."""
         if self._client is None:
             import gitlab
             import requests
-            from airflow.sdk import BaseHook
 
             conn_id = self.config.conn_id
-            try:
-                connection = BaseHook.get_connection(conn_id)
-            except Exception as error:
-                if type(error).__name__ != "AirflowNotFoundException":
-                    raise
-                raise ConsumerError(
-                    self.name,
-                    f"Airflow connection {conn_id!r} is not defined: create an HTTP connection whose host is the "
-                    "GitLab URL and whose password is an access token with the api scope",
-                    retryable=False,
-                ) from None
+            connection = _connection_or_explain(conn_id, self.name, CREATE_CONNECTION)
             if not connection.password:
-                raise ConsumerError(
-                    self.name,
-                    f"Airflow connection {conn_id!r} has no password: set it to a GitLab access token with the api "
-                    f"scope and the {self._required_role} role on {self.target}",
-                    retryable=False,
-                )
+                token = f"a GitLab access token with the api scope and the {self._required_role} role on {self.target}"
+                message = f"Airflow connection {conn_id!r} has no password: set it to {token}"
+                raise ConsumerError(self.name, message, retryable=False)
             try:
                 self._url = _base_url(connection, conn_id)
             except ValueError as error:
                 raise ConsumerError(self.name, str(error), retryable=False) from None
+            fill = {"conn_id": conn_id, "url": self._url, "target": self.target, "role": self._required_role}
+            fixes, service = Fixes(*(text.format(**fill) for text in astuple(FIXES))), f"GitLab at {self._url}"
+            self._transport = Transport(
+                consumer=self.name, service=service, conn_id=conn_id, classify=self._classify, fixes=fixes
+            )
             session = requests.Session()
             session.hooks["response"].append(self._remember_response)
             pin_client_loggers()
@@ -258,145 +231,73 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
 
     def _variables(self) -> Any:
         """The project's or group's variable manager (lazy: no request)."""
-        config = self.config
-        if config.project is not None:
-            return self._gitlab().projects.get(config.project, lazy=True).variables
-        return self._gitlab().groups.get(config.group, lazy=True).variables
+        config, client = self.config, self._gitlab()
+        owner, ref = (client.projects, config.project) if config.project is not None else (client.groups, config.group)
+        return owner.get(ref, lazy=True).variables
 
     @property
     def _scope_filter(self) -> dict[str, str]:
         return {"environment_scope": self.config.environment_scope}  # sent as filter[environment_scope]
 
-    def _retry_delay(self, error: Exception, attempt: int) -> float | None:
-        """Retry 429, 5xx (not 501) and network errors, waiting what GitLab asks (capped); never refusals."""
+    def _classify(self, error: Exception) -> RemoteFailure | None:
+        """GitLab's answers (with the last response's headers, for Retry-After) and connection failures."""
         import gitlab.exceptions
         import requests
 
-        if isinstance(error, requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError):
-            return backoff_delay(attempt)
-        status = error.response_code if isinstance(error, gitlab.exceptions.GitlabError) else None
-        if status is None or not (status == 429 or (status >= 500 and status != 501)):
-            return None
-        hinted = _server_wait(self._last_headers)
-        return min(MAX_WAIT_SECONDS, hinted if hinted is not None else backoff_delay(attempt))
+        if isinstance(error, gitlab.exceptions.GitlabError) and error.response_code is not None:
+            return RemoteFailure(error.response_code, _message(error), dict(self._last_headers))
+        if isinstance(error, requests.exceptions.ChunkedEncodingError):
+            return RemoteFailure(None, f"no answer ({type(error).__name__})")
+        return classify_requests(error)
 
-    def _call(
-        self,
-        what: str,
-        action: Callable[[], T],
-        *,
-        tolerate: Callable[[gitlab.exceptions.GitlabError], bool] | None = None,
-        secret: str | None = None,
-    ) -> T | None:
-        """Run one API call with bounded retries; None when ``tolerate`` accepts the error it ended with."""
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, tolerate: Tolerate = None, **kwargs: Any) -> T | None:
+        """``fn(*args, **kwargs)`` through the shared transport, without python-gitlab's own retries; None when
+        ``tolerate`` accepts the error GitLab answered. Refusals only GitLab gives are said here."""
         import gitlab.exceptions
-        import requests
 
-        try:
-            return call_with_retries(
-                action,
-                delay_for=self._retry_delay,
-                what=f"GitLab: {what}",
-                max_attempts=MAX_ATTEMPTS,
-                deadline=time.monotonic() + RETRY_BUDGET_SECONDS,
-            )
-        except gitlab.exceptions.GitlabError as error:
-            if tolerate is not None and tolerate(error):
-                return None
-            raise self._refusal(error, what, secret) from None
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
-            raise ConsumerError(
-                self.name,
-                f"cannot reach GitLab at {self._url} to {what} ({type(error).__name__}); gave up after retrying",
-                retryable=True,
-            ) from None
+        def attempt() -> T | None:
+            try:
+                return fn(*args, **kwargs, **NO_LIBRARY_RETRIES)
+            except gitlab.exceptions.GitlabError as error:
+                if tolerate is not None and tolerate(error):
+                    return None
+                status, said = error.response_code, _message(error)
+                if status == 400 and "value" in said:  # GitLab's masking rules
+                    text = f"GitLab refused the value when trying to {what} (400: {said}): {UNMASKABLE}"
+                    raise ConsumerError(self.name, text, retryable=False) from None
+                if status is None:  # not an HTTP error: an answer python-gitlab could not take as GitLab's
+                    text = f"GitLab at {self._url} gave an unexpected answer to {what} ({type(error).__name__}: {said})"
+                    host = f"check that the host of connection {self.config.conn_id!r} is the GitLab base URL"
+                    raise ConsumerError(self.name, f"{text}: {host}", retryable=False) from None
+                raise
 
-    def _refusal(self, error: gitlab.exceptions.GitlabError, what: str, secret: str | None) -> ConsumerError:
-        """A ConsumerError that says what GitLab refused and what to fix; only 429/5xx may be retried later."""
-        status = error.response_code
-        message = _message(error)
-        if secret:
-            message = message.replace(secret, "[the key]")
-        conn_id = self.config.conn_id
-        if status == 401:
-            text = (
-                f"GitLab at {self._url} rejected the token of connection {conn_id!r} (401: {message}) while trying "
-                f"to {what}: it is wrong, expired or revoked; put a valid access token with the api scope in the "
-                "connection's password"
-            )
-        elif status == 403:
-            text = (
-                f"the token of connection {conn_id!r} may not {what} (403: {message}): it needs the api scope and "
-                f"the {self._required_role} role on {self.target}"
-            )
-        elif status == 404:
-            text = (
-                f"{self.target} was not found at {self._url} (404: {message}), or the token of connection "
-                f"{conn_id!r} cannot see it: check the id or full path and the token user's membership"
-            )
-        elif status == 409:
-            text = f"GitLab could not tell which variable to {what} (409: {message})"
-        elif status == 400 and "value" in message:
-            text = (
-                f"GitLab refused the value when trying to {what} (400: {message}): a masked variable needs at least "
-                "8 characters without spaces (and, unless it is raw, only letters, digits and _+=/@:.~-)"
-            )
-        elif status is None:
-            text = (
-                f"GitLab at {self._url} gave an unexpected answer to {what} ({type(error).__name__}: {message}): "
-                f"check that the host of connection {conn_id!r} is the GitLab base URL"
-            )
-        elif status == 429 or status >= 500:
-            text = f"GitLab kept answering {status} ({message}) to {what}; gave up after {MAX_ATTEMPTS} attempts"
-        else:
-            text = f"GitLab refused to {what} ({status}: {message})"
-        retryable = status is not None and (status == 429 or (status >= 500 and status != 501))
-        return ConsumerError(self.name, text, retryable=retryable)
-
-    # -- reading ---------------------------------------------------------------------------------
+        self._gitlab()
+        assert self._transport is not None
+        return self._transport.call(attempt, what)
 
     def _read_variable(self) -> dict[str, Any] | None:
         """The variable's attributes (value None when hidden), or None when it does not exist."""
-        variables = self._variables()
-        found = self._call(
-            f"read {self.variable_ref}",
-            lambda: variables.get(self.config.variable, filter=self._scope_filter, **NO_LIBRARY_RETRIES),
-            tolerate=_variable_missing,
-        )
+        get, what = self._variables().get, f"read {self.variable_ref}"
+        found = self._call(what, get, self.config.variable, filter=self._scope_filter, tolerate=_variable_missing)
         return dict(found.attributes) if found is not None else None
 
     def check_access(self) -> None:
-        variables = self._variables()
-        self._call(
-            f"list the CI/CD variables of {self.target}",
-            lambda: variables.list(per_page=1, get_all=False, **NO_LIBRARY_RETRIES),
-        )
+        self._call(f"list the CI/CD variables of {self.target}", self._variables().list, per_page=1, get_all=False)
         scopes = self._token_scopes()
         if scopes is not None and "api" not in scopes:
-            raise ConsumerError(
-                self.name,
-                f"the token of connection {self.config.conn_id!r} has scopes {sorted(scopes)}: writing variables "
-                f"of {self.target} needs the api scope",
-                retryable=False,
-            )
-        existing = self._read_variable()
-        if existing and existing.get("hidden"):
-            log.info(
-                "%s is hidden: it cannot be read back, so it is verified by write acknowledgement", self.describe()
-            )
-        if existing and existing.get("variable_type") == "file":
-            log.warning(
-                "%s is a file variable: jobs get a file path in $%s, not the key", self.describe(), self.config.variable
-            )
+            has = f"the token of connection {self.config.conn_id!r} has scopes {sorted(scopes)}: writing variables"
+            raise ConsumerError(self.name, f"{has} of {self.target} needs the api scope", retryable=False)
+        existing, described = self._read_variable() or {}, self.describe()
+        if existing.get("hidden"):
+            log.info("%s is hidden: it cannot be read back, so it is verified by write acknowledgement", described)
+        if existing.get("variable_type") == "file":
+            log.warning("%s is a file variable: jobs get a file path in $%s, not the key", described, existing["key"])
 
     def _token_scopes(self) -> list[str] | None:
         """The access token's scopes, or None when GitLab cannot tell (OAuth token, GitLab before 15.5)."""
         tokens = self._gitlab().personal_access_tokens
-        found = self._call(
-            f"read the scopes of the token of connection {self.config.conn_id!r}",
-            lambda: tokens.get("self", **NO_LIBRARY_RETRIES),
-            tolerate=lambda error: error.response_code in (401, 403, 404),
-        )
+        what = f"read the scopes of the token of connection {self.config.conn_id!r}"
+        found = self._call(what, tokens.get, "self", tolerate=lambda error: error.response_code in (401, 403, 404))
         return list(found.attributes.get("scopes") or []) if found is not None else None
 
     def read_digest(self) -> str | None:
@@ -406,42 +307,23 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
         value = variable.get("value")
         return digest(value) if value else None
 
-    # -- writing ---------------------------------------------------------------------------------
-
     def _update(self, key: str) -> dict[str, Any] | None:
         """PUT only the value (the variable keeps its flags); None when the variable does not exist."""
-        variables = self._variables()
-        return self._call(
-            f"update {self.variable_ref}",
-            lambda: variables.update(
-                self.config.variable, {"value": key}, filter=self._scope_filter, **NO_LIBRARY_RETRIES
-            ),
-            tolerate=_variable_missing,
-            secret=key,
-        )
+        hold_secret(key)  # an answer that echoes it is scrubbed
+        update, what, name = self._variables().update, f"update {self.variable_ref}", self.config.variable
+        return self._call(what, update, name, {"value": key}, filter=self._scope_filter, tolerate=_variable_missing)
 
     def _create(self, key: str) -> dict[str, Any] | None:
         """POST a new env_var variable with the configured flags; None when someone created it meanwhile."""
         config = self.config
-        attributes: dict[str, Any] = {
-            "key": config.variable,
-            "value": key,
-            "variable_type": "env_var",
-            "environment_scope": config.environment_scope,
-            "masked": config.masked or config.hidden,
-            "protected": config.protected,
-            "raw": config.raw,
-            "description": DESCRIPTION,
-        }
+        hold_secret(key)  # an answer that echoes it is scrubbed
+        attributes: dict[str, Any] = {"key": config.variable, "value": key, "variable_type": "env_var"}
+        attributes |= {"environment_scope": config.environment_scope, "description": DESCRIPTION, "raw": config.raw}
+        attributes |= {"masked": config.masked or config.hidden, "protected": config.protected}
         if config.hidden:
             attributes["masked_and_hidden"] = True
-        variables = self._variables()
-        created = self._call(
-            f"create {self.variable_ref}",
-            lambda: variables.create(attributes, **NO_LIBRARY_RETRIES),
-            tolerate=_already_taken,
-            secret=key,
-        )
+        what = f"create {self.variable_ref}"
+        created = self._call(what, self._variables().create, attributes, tolerate=_already_taken)
         return dict(created.attributes) if created is not None else None
 
     def write(self, key: str) -> None:
@@ -453,7 +335,9 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
             written, action = self._update(key), "updated"
         if written is None:
             raise ConsumerError(self.name, f"{self.variable_ref} appeared and vanished while being written; retry")
-        self._check_acknowledged(written)
+        problem = self._acknowledgement_problem(written)
+        if problem:
+            raise ConsumerError(self.name, problem, retryable=False)
         log.info("%s %s with %s", action.capitalize(), self.describe(), fingerprint(key))
 
     def _acknowledgement_problem(self, written: Mapping[str, Any]) -> str | None:
@@ -465,13 +349,6 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
             f"GitLab answered the write of {self.variable_ref} with variable {key} in scope {scope!r}: this GitLab "
             "ignores filter[environment_scope] (older versions do for group variables); give each key one scope"
         )
-
-    def _check_acknowledged(self, written: Mapping[str, Any]) -> None:
-        problem = self._acknowledgement_problem(written)
-        if problem:
-            raise ConsumerError(self.name, problem, retryable=False)
-
-    # -- verifying -------------------------------------------------------------------------------
 
     @property
     def proof(self) -> Proof:
@@ -512,10 +389,6 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
         if problem or self._last_status != 200:
             return Verification(False, method, problem or f"the PUT answered HTTP {self._last_status}, not 200")
         when = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return Verification(
-            True,
-            method,
-            f"{self.variable_ref} is hidden, so its value cannot be read back; a PUT of {fingerprint(key)} was "
-            f"acknowledged with HTTP 200 for key {acknowledged.get('key')} and scope "
-            f"{acknowledged.get('environment_scope')!r} at {when}",
-        )
+        named = f"key {acknowledged.get('key')} and scope {acknowledged.get('environment_scope')!r}"
+        detail = f"{self.variable_ref} is hidden, so its value cannot be read back; a PUT of {fingerprint(key)} was"
+        return Verification(True, method, f"{detail} acknowledged with HTTP 200 for {named} at {when}")
