@@ -27,7 +27,9 @@ class KosliApiError(RotationError):
 
     @property
     def retryable(self) -> bool:  # type: ignore[override]
-        return self.status == 429 or self.status >= 500
+        from kosli_rotation.retrying import is_transient_status
+
+        return is_transient_status(self.status)
 
 
 class KosliOutcomeUnknown(RotationError):

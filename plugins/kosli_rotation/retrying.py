@@ -14,6 +14,17 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+#: Statuses that say "the same request may work later": request timeout, too early, too many requests, and every
+#: server error but 501 (Not Implemented: the server will not learn the method by the next attempt).
+TRANSIENT_4XX = frozenset({408, 425, 429})
+NOT_TRANSIENT_5XX = frozenset({501})
+
+
+def is_transient_status(status: int) -> bool:
+    """Whether an answer with this HTTP status is worth the same request again, later (every client's rule)."""
+    return status in TRANSIENT_4XX or (500 <= status <= 599 and status not in NOT_TRANSIENT_5XX)
+
+
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 30.0) -> float:
     """Delay before retry number ``attempt`` (0-based): 1, 2, 4, ... seconds, capped, with 10% jitter."""
     delay = min(cap, base * (2**attempt))

@@ -347,12 +347,14 @@ def test_a_backend_that_cannot_be_loaded_is_named_and_retryable(secrets_backend:
     assert "not defined" not in said and raised.value.retryable is True
 
 
-def test_an_unparsable_connection_variable_is_undefined_to_airflow(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unparsable_connection_variable_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
     """Airflow 3's lookup swallows a backend's errors (it logs them at DEBUG and tries the next backend), so an
-    ``AIRFLOW_CONN_*`` holding broken JSON reaches us as "not defined": pinned here, so a change shows."""
+    ``AIRFLOW_CONN_*`` holding broken JSON reaches us as "not found": the error must say the variable is set but
+    unreadable, not send the user to create a connection that exists."""
     monkeypatch.setenv("AIRFLOW_CONN_TRANSPORT_BROKEN", '{"conn_type": "http", "host": ')
-    with pytest.raises(ConsumerError, match="'transport_broken' is not defined") as raised:
+    with pytest.raises(ConsumerError, match="'transport_broken' is set in AIRFLOW_CONN_TRANSPORT_BROKEN") as raised:
         connection_or_explain("transport_broken", "ci", CREATE)
+    assert "not defined" not in str(raised.value) and "valid JSON" in str(raised.value)
     assert raised.value.retryable is False
 
 
@@ -374,3 +376,11 @@ def test_classify_requests_leaves_other_errors_alone() -> None:
         True,
         {"Retry-After": "1"},
     )
+
+
+def test_kosli_errors_follow_the_same_transient_rule() -> None:
+    """The Kosli hook's errors and the consumers' answer alike: 501 is final, 408 and 429 worth another try."""
+    from kosli_rotation.errors import KosliApiError
+
+    retryable = {status: KosliApiError(status, "x", "GET", "/api/v2/x").retryable for status in (408, 429, 501, 503)}
+    assert retryable == {408: True, 429: True, 501: False, 503: True}

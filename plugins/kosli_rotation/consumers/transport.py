@@ -13,13 +13,14 @@ change when the service refuses). Then::
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from kosli_rotation.errors import ConsumerError
-from kosli_rotation.retrying import backoff_delay, call_with_retries
+from kosli_rotation.retrying import backoff_delay, call_with_retries, is_transient_status
 from kosli_rotation.scrub import describe_error, one_line
 
 T = TypeVar("T")
@@ -27,15 +28,6 @@ T = TypeVar("T")
 #: A value of a reset header above this is a Unix time, below it a delay in seconds (2001-09-09 in epoch seconds:
 #: no delay is that long, no reset time that early).
 EPOCH_THRESHOLD = 1_000_000_000
-#: Statuses that say "the same request may work later": request timeout, too early, too many requests, and every
-#: server error but 501 (Not Implemented: the server will not learn the method by the next attempt).
-TRANSIENT_4XX = frozenset({408, 425, 429})
-NOT_TRANSIENT_5XX = frozenset({501})
-
-
-def is_transient_status(status: int) -> bool:
-    """Whether an answer with this HTTP status is worth the same request again, later."""
-    return status in TRANSIENT_4XX or (500 <= status <= 599 and status not in NOT_TRANSIENT_5XX)
 
 
 @dataclass(frozen=True)
@@ -71,8 +63,9 @@ def server_wait(headers: Mapping[str, Any] | None, *, now: float | None = None) 
     """Seconds the server asked us to wait, or None if it did not say.
 
     ``Retry-After`` (delay seconds or an HTTP date, RFC 9110 10.2.3) wins; ``retry-after-ms`` (Azure) next; then,
-    when the quota is spent (``*-Remaining: 0``), ``RateLimit-Reset`` or ``X-RateLimit-Reset`` (delay seconds or a
-    Unix time: GitHub and GitLab send Unix times, the IETF draft a delay).
+    when the quota is spent (``*-Remaining: 0``, or no remaining count sent beside the reset),
+    ``RateLimit-Reset`` or ``X-RateLimit-Reset`` (delay seconds or a Unix time: GitHub and GitLab send Unix
+    times, the IETF draft a delay).
     """
     lowered = _lowered(headers)
     now = time.time() if now is None else now
@@ -277,6 +270,11 @@ def connection_or_explain(conn_id: str, consumer: str, create: str) -> Any:
     try:
         return BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
+        variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+        if os.environ.get(variable, "").strip():
+            # Airflow reports a connection it could not parse as not found: say which it really is.
+            problem = f"is set in {variable}, but Airflow cannot read it: make it valid JSON or a connection URI"
+            raise ConsumerError(consumer, f"Airflow connection {conn_id!r} {problem}", retryable=False) from None
         raise ConsumerError(
             consumer, f"Airflow connection {conn_id!r} is not defined: create {create}", retryable=False
         ) from None
