@@ -331,4 +331,5 @@ def test_debug_logging_leaks_neither_the_client_secret_nor_tokens_nor_the_key(
     logged = everything_logged(caplog, capfd)
     assert f"Stored {fingerprint(KEY)}" in logged, "the consumer's own lines are captured"
     assert not find_secrets_in_text(logged, [KEY, world.client_secret, *tokens])
-    assert world.client_secret not in scrub(f"held: {world.client_secret}"), "the client secret is held"
+    for secret in (world.client_secret, *tokens):
+        assert secret not in scrub(f"held: {secret}"), "the client secret and every access token are held"

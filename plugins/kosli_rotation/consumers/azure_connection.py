@@ -43,6 +43,27 @@ class AzureCredential:
     unauthorized_fix: str
 
 
+class HeldTokens:
+    """A credential that holds every access token for the masker and the scrubber the moment it arrives (a hostile
+    service echoing our Authorization header back, or a client logging it, shows no token)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        token = self._inner.get_token(*scopes, **kwargs)
+        hold_secret(token.token)
+        return token
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        info = self._inner.get_token_info(*scopes, options=options)
+        hold_secret(info.token)
+        return info
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def pin_azure_loggers() -> None:
     for name in LOUD_LOGGERS:
         logger = logging.getLogger(name)
@@ -83,7 +104,7 @@ def credential_from(connection: Any, consumer: str, conn_id: str) -> AzureCreden
             "IDENTITY_HEADER, or the instance metadata endpoint), and extra managed_identity_client_id must name a "
             f"user-assigned identity attached to it; or set login/password of connection {conn_id!r} for an app"
         )
-        return AzureCredential(ManagedIdentityCredential(client_id=identity, **options), who, fix)
+        return AzureCredential(HeldTokens(ManagedIdentityCredential(client_id=identity, **options)), who, fix)
     tenant = extra.get("tenant_id") or extra.get("tenantId")
     if not (client_id and secret and tenant):
         raise ConsumerError(
@@ -105,7 +126,7 @@ def credential_from(connection: Any, consumer: str, conn_id: str) -> AzureCreden
         f"check login (app {client_id}), password (a current client secret: its value, not its id) and extra "
         f"tenant_id {tenant}; tokens are asked of {authority or 'the public cloud (login.microsoftonline.com)'}"
     )
-    return AzureCredential(credential, f"app {client_id}", fix)
+    return AzureCredential(HeldTokens(credential), f"app {client_id}", fix)
 
 
 def inner_code(error: Any) -> str:
