@@ -239,6 +239,33 @@ def test_a_refusal_names_the_role_to_grant_and_to_whom(gcp: Gcp) -> None:
         gcp.consumer(secret_id="new-kosli").write(KEY)
 
 
+def test_least_privilege_without_viewer_works_and_the_plan_says_aliases_were_not_checked(gcp: Gcp) -> None:
+    gcp.seed(OLD_KEY)
+    gcp.server.set_alias(PROJECT, SECRET, "prod", 1)
+    gcp.connect(
+        gcp.account("minimal", ["roles/secretmanager.secretVersionAdder", "roles/secretmanager.secretAccessor"])
+    )
+    consumer = gcp.consumer()
+
+    consumer.check_access()  # reading the secret is refused (403), testIamPermissions still answers
+    consumer.write(KEY)
+
+    assert "aliases not checked" in consumer.verification_plan()
+    assert gcp.latest() == KEY
+
+
+def test_a_secret_created_by_someone_else_meanwhile_is_written_not_recreated(gcp: Gcp) -> None:
+    gcp.server.put_secret(PROJECT, SECRET)  # exists, no version yet; its GET answers 404 once, as if not yet there
+    gcp.server.faults.add(
+        rf"/secrets/{SECRET}$", method="GET", status=404, body={"error": {"code": 404, "status": "NOT_FOUND"}}, times=1
+    )
+
+    gcp.consumer().write(KEY)
+
+    assert gcp.requests("create_secret") == 1, "the create was answered ALREADY_EXISTS"
+    assert gcp.latest() == KEY and len(gcp.states()) == 1
+
+
 def test_a_missing_secret_that_may_not_be_created_fails_the_access_check(gcp: Gcp) -> None:
     with pytest.raises(ConsumerError) as raised:
         gcp.consumer(create_if_missing=False).check_access()
@@ -286,6 +313,7 @@ def test_application_default_credentials_when_the_connection_has_no_key(
     gcp.consumer().write(KEY)
 
     assert gcp.latest() == KEY
+    assert held_by_the_masker(gcp.rotator["private_key"])
 
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
     with pytest.raises(ConsumerError) as raised:

@@ -13,8 +13,10 @@ or ``key_path``, and ``project``, each also under the provider's old ``extra__go
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -54,6 +56,7 @@ CREATE_CONNECTION = (
     '"extra": {{"keyfile_dict": "<service account key JSON>", "project": "<project id>"}}}}\' '
     "(no key: the worker's application default credentials)"
 )
+_STATE = re.compile(r"versions/(\d+)\] is in (ENABLED|DISABLED|DESTROYED) state")
 _PACE_LOCK = threading.Lock()
 _NEXT_WRITE: dict[str, float] = {}
 
@@ -104,6 +107,30 @@ def failed_precondition(error: Exception) -> bool:
 
     return isinstance(error, api.FailedPrecondition) or (
         isinstance(error, api.BadRequest) and remote_message(error).startswith("FAILED_PRECONDITION:")
+    )
+
+
+def version_number(name: str) -> int:
+    """``projects/p/secrets/s/versions/3`` -> 3."""
+    return int(name.rsplit("/", 1)[-1])
+
+
+def unreadable_latest(error: Any, consumer: str, where: str, path: str) -> ConsumerError:
+    """The error for a FAILED_PRECONDITION on ``latest``: which version, its state, and how to recover."""
+    match = _STATE.search(str(getattr(error, "message", "")))
+    number, state = match.groups() if match else ("?", "not enabled")
+    project, secret = path.split("/")[1], path.split("/")[3]
+    remedy = (
+        f"enable it (gcloud secrets versions enable {number} --secret={secret} --project={project}) or add a "
+        "version holding the current key"
+        if state == "DISABLED"
+        else "add a version holding the current key (a destroyed version cannot come back)"
+    )
+    return ConsumerError(
+        consumer,
+        f"the latest version ({number}) of {where} is {state}, so every reader of 'latest' fails "
+        f"(FAILED_PRECONDITION): {remedy}, then run again (roll back by adding a version, never by disabling one)",
+        retryable=False,
     )
 
 
@@ -217,11 +244,21 @@ def _credentials(
             "has no key (extra keyfile_dict or key_path) and the worker has no application default credentials: add "
             "a key, or set GOOGLE_APPLICATION_CREDENTIALS, or run the worker as a service account"
         ) from None
+    key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # held when it is a key we can read; else no key
+        _hold_private_key(json.loads(Path(key_file).read_text()).get("private_key") if key_file else None)
     return credentials, getattr(credentials, "service_account_email", None), project
 
 
+def _hold_private_key(private_key: Any) -> None:
+    """The private key, as text and as JSON escapes it (a logged key file shows it so)."""
+    if isinstance(private_key, str) and private_key:
+        hold_secret(private_key)
+        hold_secret(json.dumps(private_key)[1:-1])
+
+
 def _key_info(keyfile: Any, key_path: Any, refuse: Callable[[str], ConsumerError]) -> dict[str, Any]:
-    """The key file as a dict, its private key held (as text and as JSON escapes it) before anything else."""
+    """The key file as a dict, its private key held before anything else."""
     source = "keyfile_dict" if keyfile else "key_path"
     if key_path:
         try:
@@ -233,9 +270,7 @@ def _key_info(keyfile: Any, key_path: Any, refuse: Callable[[str], ConsumerError
     except ValueError:
         raise refuse(f"{source} is not JSON (give the service account key file's content)") from None
     private_key = info.get("private_key") if isinstance(info, dict) else None
-    if isinstance(private_key, str) and private_key:
-        hold_secret(private_key)
-        hold_secret(json.dumps(private_key)[1:-1])
+    _hold_private_key(private_key)
     if not private_key or info.get("type") != "service_account" or not info.get("client_email"):
         raise refuse(f"{source} is not a service account key (type service_account, client_email, private_key)")
     return dict(info)

@@ -22,16 +22,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+import kosli_rotation.consumers.gcp_client as gcp
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig
-from kosli_rotation.consumers.gcp_client import (
-    NO_RETRY,
-    ROLE_FOR,
-    GcpSession,
-    connect,
-    crc32c,
-    failed_precondition,
-    pace,
-)
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest, fingerprint
 
@@ -45,7 +37,6 @@ LABEL_KEY, LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$"), re.compile(r"^[
 ENABLED, DISABLED = 1, 2
 STATE_NAMES = {ENABLED: "enabled", DISABLED: "disabled"}
 PAST = {"disable": "disabled", "destroy": "destroyed"}
-_STATE = re.compile(r"versions/(\d+)\] is in (ENABLED|DISABLED|DESTROYED) state")
 
 
 class GcpSecretManagerConfig(ConsumerConfig):
@@ -102,7 +93,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
 
     def __init__(self, config: GcpSecretManagerConfig) -> None:
         super().__init__(config)
-        self._session: GcpSession | None = None
+        self._session: gcp.GcpSession | None = None
         self._project = config.project
         self._aliases: dict[str, int] | None = None  # from check_access: alias -> version number
         self._aliases_note = ""
@@ -120,7 +111,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
     def _client(self) -> Any:
         """The client for the Airflow connection, built on first use (DAG parsing stays offline)."""
         if self._session is None:
-            session = connect(self.config.conn_id, self.name)
+            session = gcp.connect(self.config.conn_id, self.name)
             self._project = self.config.project or session.project
             if not self._project:
                 raise ConsumerError(
@@ -135,7 +126,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
         """One API call through ``Transport``: retried, a 403 naming the role to grant and to whom."""
         self._client()  # building it may fail (connection, key): those errors are not remote failures
         assert self._session is not None
-        grant = f"{self._account} {ROLE_FOR[permission]} ({permission}) on {resource or self._path}"
+        grant = f"{self._account} {gcp.ROLE_FOR[permission]} ({permission}) on {resource or self._path}"
         return self._session.call(action, what, consumer=self.name, grant=grant, project=str(self._project))
 
     @property
@@ -149,17 +140,17 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
         from google.api_core import exceptions as api
 
         try:
-            response = self._client().access_secret_version(name=f"{self._path}/versions/latest", **NO_RETRY)
+            response = self._client().access_secret_version(name=f"{self._path}/versions/latest", **gcp.NO_RETRY)
         except api.NotFound:
             return None
         except api.BadRequest as error:
-            if failed_precondition(error):
-                raise self._unreadable(error) from None
+            if gcp.failed_precondition(error):
+                raise gcp.unreadable_latest(error, self.name, self.describe(), self._path) from None
             raise
         data = bytes(response.payload.data)
-        if "data_crc32c" in response.payload and response.payload.data_crc32c != crc32c(data):
+        if "data_crc32c" in response.payload and response.payload.data_crc32c != gcp.crc32c(data):
             raise ConsumerError(self.name, f"the payload read from {self.describe()} fails its CRC32C check")
-        return int(response.name.rsplit("/", 1)[-1]), data
+        return gcp.version_number(response.name), data
 
     def _latest(self) -> tuple[int, str | None]:
         """(number, digest of its payload) of ``latest``; (0, None) when there is no secret or no version."""
@@ -170,22 +161,6 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
             return 0, None
         return latest[0], digest(latest[1].decode("utf-8", "replace")) if latest[1] else None
 
-    def _unreadable(self, error: Any) -> ConsumerError:
-        match = _STATE.search(str(getattr(error, "message", "")))
-        number, state = match.groups() if match else ("?", "not enabled")
-        remedy = (
-            f"enable it (gcloud secrets versions enable {number} --secret={self.config.secret_id} "
-            f"--project={self._project}) or add a version holding the current key"
-            if state == "DISABLED"
-            else "add a version holding the current key (a destroyed version cannot come back)"
-        )
-        return ConsumerError(
-            self.name,
-            f"the latest version ({number}) of {self.describe()} is {state}, so every reader of 'latest' fails "
-            f"(FAILED_PRECONDITION): {remedy}, then run again (roll back by adding a version, never by disabling one)",
-            retryable=False,
-        )
-
     def read_digest(self) -> str | None:
         return self._latest()[1]
 
@@ -195,7 +170,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
 
         def get() -> tuple[Any, bool]:
             try:
-                return self._client().get_secret(name=self._path, **NO_RETRY), False
+                return self._client().get_secret(name=self._path, **gcp.NO_RETRY), False
             except api.NotFound:
                 return None, False
             except api.Forbidden:
@@ -224,7 +199,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
         def test() -> set[str] | None:
             request = {"resource": self._path, "permissions": needed}
             try:
-                return set(self._client().test_iam_permissions(request=request, **NO_RETRY).permissions)
+                return set(self._client().test_iam_permissions(request=request, **gcp.NO_RETRY).permissions)
             except api.NotFound:
                 return None
 
@@ -234,7 +209,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
             return
         missing = [permission for permission in needed if permission not in held]
         if missing:
-            roles = ", ".join(sorted({ROLE_FOR[permission] for permission in missing}))
+            roles = ", ".join(sorted({gcp.ROLE_FOR[permission] for permission in missing}))
             raise ConsumerError(
                 self.name,
                 f"{self._account} lacks {', '.join(missing)} on {self._path}: grant {roles}",
@@ -251,7 +226,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
 
         def probe() -> None:
             try:
-                self._client().list_secrets(request={"parent": parent, "page_size": 1}, **NO_RETRY)
+                self._client().list_secrets(request={"parent": parent, "page_size": 1}, **gcp.NO_RETRY)
             except api.Forbidden:
                 log.info("%s: may not list secrets in %s; creating the secret is not checked ahead", self.name, parent)
 
@@ -308,8 +283,8 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
 
         def create() -> bool:
             try:
-                self._client().create_secret(request=request, **NO_RETRY)
-            except api.Conflict:  # ALREADY_EXISTS  # created meanwhile, or by our own attempt whose answer was lost
+                self._client().create_secret(request=request, **gcp.NO_RETRY)
+            except api.Conflict:  # ALREADY_EXISTS: created meanwhile, or by our own attempt whose answer was lost
                 return False
             return True
 
@@ -322,7 +297,7 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
         from google.api_core import exceptions as api
 
         data = key.encode()
-        request = {"parent": self._path, "payload": {"data": data, "data_crc32c": crc32c(data)}}
+        request = {"parent": self._path, "payload": {"data": data, "data_crc32c": gcp.crc32c(data)}}
         attempts = 0
 
         def add() -> int | None:
@@ -332,18 +307,17 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
                 latest = self._latest_raw()
                 if latest is not None and latest[1] == data:
                     return latest[0]
-            pace(self._path)
+            gcp.pace(self._path)
             try:
-                version = self._client().add_secret_version(request=request, **NO_RETRY)
+                version = self._client().add_secret_version(request=request, **gcp.NO_RETRY)
             except api.NotFound:
-                raise self._missing() if not self.config.create_if_missing else self._vanished() from None
-            return int(version.name.rsplit("/", 1)[-1])
+                if not self.config.create_if_missing:
+                    raise self._missing() from None
+                raise ConsumerError(self.name, f"{self.describe()} was deleted meanwhile: run again") from None
+            return gcp.version_number(version.name)
 
         number = self._call(add, f"add a version to {self._path}", "secretmanager.versions.add")
         log.info("Stored %s in %s as version %s", fingerprint(key), self.describe(), number)
-
-    def _vanished(self) -> ConsumerError:
-        return ConsumerError(self.name, f"{self.describe()} does not exist (deleted meanwhile?): run again")
 
     # -- retiring --------------------------------------------------------------------------------------------
 
@@ -364,22 +338,22 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
             return f"nothing {PAST[verb]}: {why}"
         versions = self._call(
             lambda: list(
-                self._client().list_secret_versions(request={"parent": self._path, "page_size": 100}, **NO_RETRY)
+                self._client().list_secret_versions(request={"parent": self._path, "page_size": 100}, **gcp.NO_RETRY)
             ),
             f"list the versions of {self._path}",
             "secretmanager.versions.list",
         )
         wanted = {ENABLED} if verb == "disable" else {ENABLED, DISABLED}
-        numbers = sorted(int(v.name.rsplit("/", 1)[-1]) for v in versions if int(v.state) in wanted)
+        numbers = sorted(gcp.version_number(v.name) for v in versions if int(v.state) in wanted)
         done = [number for number in numbers if number < current]
         for number in done:
             name = f"{self._path}/versions/{number}"
 
             def change(name: str = name) -> None:
                 try:
-                    getattr(self._client(), f"{verb}_secret_version")(request={"name": name}, **NO_RETRY)
+                    getattr(self._client(), f"{verb}_secret_version")(request={"name": name}, **gcp.NO_RETRY)
                 except api.BadRequest as error:  # FAILED_PRECONDITION: destroyed meanwhile, nothing left to retire
-                    if not failed_precondition(error):
+                    if not gcp.failed_precondition(error):
                         raise
 
             self._call(change, f"{verb} {name}", f"secretmanager.versions.{verb}")
