@@ -326,6 +326,17 @@ def test_undefined_connection_is_a_clear_error(world: World, monkeypatch: pytest
     assert "'github_ci' is not defined" in str(raised.value) and "AIRFLOW_CONN_GITHUB_CI" in str(raised.value)
 
 
+def test_a_connection_variable_airflow_cannot_read_is_named_not_called_undefined(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider hook reports both as not found; the shared lookup tells them apart."""
+    monkeypatch.setenv("AIRFLOW_CONN_GITHUB_CI", "{not json")
+    with pytest.raises(ConsumerError) as raised:
+        world.consumer(conn_id="github_ci").check_access()
+    assert not raised.value.retryable
+    assert "is set in AIRFLOW_CONN_GITHUB_CI, but Airflow cannot read it" in str(raised.value)
+
+
 # -- rate limits and server errors --------------------------------------------------------------------------
 
 

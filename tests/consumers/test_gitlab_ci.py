@@ -275,6 +275,13 @@ def test_missing_connection_or_token(gl: GitLab) -> None:
         gl.consumer(conn_id="gitlab_empty").write(KEY)
 
 
+def test_a_connection_variable_airflow_cannot_read_is_named_not_called_undefined(gl: GitLab) -> None:
+    gl.monkeypatch.setenv("AIRFLOW_CONN_GITLAB_BROKEN", "{not json")
+    with pytest.raises(ConsumerError, match="is set in AIRFLOW_CONN_GITLAB_BROKEN, but Airflow cannot read") as raised:
+        gl.consumer(conn_id="gitlab_broken").check_access()
+    assert raised.value.retryable is False
+
+
 def test_unmaskable_value_is_refused_without_echoing_it(gl: GitLab) -> None:
     bad_key = "has spaces in it"
     with pytest.raises(ConsumerError, match="masked variable needs") as refused:

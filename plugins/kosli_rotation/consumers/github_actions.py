@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kosli_rotation.client_logging import pin_client_loggers
+from kosli_rotation.consumers import transport
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
-from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport, classify_requests, poll_until
-from kosli_rotation.consumers.transport import server_wait as _server_wait
+from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport
 from kosli_rotation.errors import ConsumerError
 
 if TYPE_CHECKING:
@@ -159,10 +159,10 @@ def _classify(error: Exception) -> RemoteFailure | None:
     from github.GithubException import GithubException, RateLimitExceededException
 
     if not isinstance(error, GithubException):
-        return classify_requests(error)
+        return transport.classify_requests(error)
     data, headers = error.data, dict(error.headers or {})
     message = str(data.get("message") or data) if isinstance(data, dict) else str(data or error.message or "")
-    asked = _server_wait(headers)
+    asked = transport.server_wait(headers)
     limited = isinstance(error, RateLimitExceededException) or (error.status == 403 and asked is not None)
     if limited and asked is None:
         headers["retry-after"] = str(SECONDARY_LIMIT_WAIT_SECONDS)
@@ -216,11 +216,11 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
             conn_id = self.config.conn_id
             try:
                 configured = GithubHook(github_conn_id=conn_id).get_conn()
-            except AirflowNotFoundException:
+            except AirflowNotFoundException:  # or set but unreadable: the shared lookup tells which, and raises
                 example = f'AIRFLOW_CONN_{conn_id.upper()}=\'{{"conn_type": "github", "password": "<token>"}}\''
-                create = f"create a 'github' connection with the token as password (e.g. {example})"
-                message = f"Airflow connection {conn_id!r} is not defined: {create}"
-                raise ConsumerError(self.name, message, retryable=False) from None
+                create = f"a 'github' connection with the token as password (e.g. {example})"
+                transport.connection_or_explain(conn_id, self.name, create)
+                raise
             except ValueError as error:
                 message = f"Airflow connection {conn_id!r} cannot authenticate to GitHub: {error}"
                 raise ConsumerError(self.name, message, retryable=False) from None
@@ -362,7 +362,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
             return run if run is not None and run.status == "completed" else None
 
         deadline = time.monotonic() + self.config.canary_timeout_seconds
-        run = poll_until(finished, deadline, first_pause=0.5, max_pause=CANARY_POLL_CAP_SECONDS)
+        run = transport.poll_until(finished, deadline, first_pause=0.5, max_pause=CANARY_POLL_CAP_SECONDS)
         if run is not None:
             succeeded = run.conclusion == "success"
             outcome = "succeeded" if succeeded else f"concluded {run.conclusion}"

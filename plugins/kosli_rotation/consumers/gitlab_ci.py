@@ -21,9 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kosli_rotation.client_logging import pin_client_loggers
+from kosli_rotation.consumers import transport
 from kosli_rotation.consumers.base import WRITE_CONFIRMED_ONLY, Consumer, ConsumerConfig, Proof, Verification
-from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport, classify_requests
-from kosli_rotation.consumers.transport import connection_or_explain as _connection_or_explain
+from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest, fingerprint, hold_secret, short
 from kosli_rotation.scrub import one_line
@@ -193,7 +193,7 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
             import requests
 
             conn_id = self.config.conn_id
-            connection = _connection_or_explain(conn_id, self.name, CREATE_CONNECTION)
+            connection = transport.connection_or_explain(conn_id, self.name, CREATE_CONNECTION)
             if not connection.password:
                 token = f"a GitLab access token with the api scope and the {self._required_role} role on {self.target}"
                 message = f"Airflow connection {conn_id!r} has no password: set it to {token}"
@@ -248,7 +248,7 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
             return RemoteFailure(error.response_code, _message(error), dict(self._last_headers))
         if isinstance(error, requests.exceptions.ChunkedEncodingError):
             return RemoteFailure(None, f"no answer ({type(error).__name__})")
-        return classify_requests(error)
+        return transport.classify_requests(error)
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, tolerate: Tolerate = None, **kwargs: Any) -> T | None:
         """``fn(*args, **kwargs)`` through the shared transport, without python-gitlab's own retries; None when
