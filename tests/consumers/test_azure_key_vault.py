@@ -333,3 +333,22 @@ def test_debug_logging_leaks_neither_the_client_secret_nor_tokens_nor_the_key(
     assert not find_secrets_in_text(logged, [KEY, world.client_secret, *tokens])
     for secret in (world.client_secret, *tokens):
         assert secret not in scrub(f"held: {secret}"), "the client secret and every access token are held"
+
+
+def test_a_vault_reflecting_the_request_in_its_errors_shows_no_secret(world: World) -> None:
+    """A hostile vault (or proxy) answers writes with 500s echoing the Authorization header and the body."""
+    from kosli_rotation.scrub import hold_secret
+
+    hold_secret(KEY)  # the rotation holds the key the moment it is minted
+    rule = world.vault.faults.add(r"^/secrets/", method="PUT", status=500, times=0, headers={"Retry-After": "0"})
+
+    def reflect(request: Any) -> bool:
+        token = (request.headers.get("Authorization") or "").rpartition(" ")[2]  # bare: no "Bearer" to key on
+        rule.body = {"error": {"code": "Oops", "message": f"<h1>session {token}</h1> got: {request.body.decode()}"}}
+        return True
+
+    rule.when = reflect
+    error = refused(lambda: world.consumer().write(KEY))
+    assert error.retryable is True and "HTTP 500" in str(error) and rule.fired == 5
+    assert world.vault._tokens and "session sbx." in str(rule.body), "the token was echoed back"
+    assert not find_secrets_in_text(str(error), [KEY, world.client_secret, *world.vault._tokens])
