@@ -290,6 +290,7 @@ def test_authority_host_is_honoured(world: World) -> None:
         (None, None, {"tenant_id": None}, "needs login (client id), password (client secret) and extra tenant_id"),
         ("", None, {}, "needs login (client id), password (client secret) and extra tenant_id"),
         (None, None, {"verify_challenge_resource": "maybe"}, "extra verify_challenge_resource must be true or false"),
+        (None, None, {"tenant_id": "not a tenant!"}, "extra tenant_id: Invalid tenant"),
     ],
 )
 def test_connection_mistakes_are_named(

@@ -114,14 +114,13 @@ def credential_from(connection: Any, consumer: str, conn_id: str) -> AzureCreden
             retryable=False,
         )
     hold_secret(secret)
-    credential = ClientSecretCredential(
-        str(tenant),
-        client_id,
-        secret,
-        authority=authority,
-        disable_instance_discovery=flag(extra, "disable_instance_discovery", False, consumer, conn_id),
-        **options,
-    )
+    discovery_off = flag(extra, "disable_instance_discovery", False, consumer, conn_id)
+    try:
+        credential = ClientSecretCredential(
+            str(tenant), client_id, secret, authority=authority, disable_instance_discovery=discovery_off, **options
+        )
+    except ValueError as error:  # a malformed tenant id; the text is azure-identity's own, no value in it
+        raise ConsumerError(consumer, f"connection {conn_id!r}: extra tenant_id: {error}", retryable=False) from None
     fix = (
         f"check login (app {client_id}), password (a current client secret: its value, not its id) and extra "
         f"tenant_id {tenant}; tokens are asked of {authority or 'the public cloud (login.microsoftonline.com)'}"

@@ -91,7 +91,11 @@ class AzureKeyVaultConfig(ConsumerConfig):
 
 def _holds(latest: Any, key: str) -> bool:
     """Whether ``_latest``'s answer is a readable version holding ``key`` (full digests compared)."""
-    return latest not in (None, DISABLED) and digest(latest.value or "") == digest(key)
+    return not _unreadable(latest) and digest(latest.value or "") == digest(key)
+
+
+def _unreadable(latest: Any) -> bool:
+    return latest is None or latest is DISABLED
 
 
 class AzureKeyVaultConsumer(Consumer[AzureKeyVaultConfig]):
@@ -192,7 +196,7 @@ class AzureKeyVaultConsumer(Consumer[AzureKeyVaultConfig]):
 
     def read_digest(self) -> str | None:
         latest = self._read()
-        return digest(latest.value) if latest not in (None, DISABLED) and latest.value else None
+        return digest(latest.value) if not _unreadable(latest) and latest.value else None
 
     def check_access(self) -> None:
         """A token, the challenge and reading the secret (404 is fine: it is created). Writing cannot be probed
@@ -259,7 +263,7 @@ class AzureKeyVaultConsumer(Consumer[AzureKeyVaultConfig]):
         name = self.config.secret_name
         latest = self._read()
         if not _holds(latest, key):
-            held = "nothing readable" if latest in (None, DISABLED) else short(digest(latest.value or ""))
+            held = "nothing readable" if _unreadable(latest) else short(digest(latest.value or ""))
             raise ConsumerError(
                 self.name,
                 f"refusing to disable earlier versions of {self.describe()}: its latest version holds {held}, not "
