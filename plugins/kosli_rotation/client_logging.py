@@ -23,6 +23,9 @@ CLIENT_LOGGERS = (
     "hvac",
     "requests_oauthlib",
     "jenkins",
+    "google",  # at DEBUG Secret Manager's REST transport logs request bodies, the key among them
+    "azure",
+    "msal",
 )
 PINNED_LEVEL = logging.WARNING
 

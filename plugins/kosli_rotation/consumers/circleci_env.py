@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import astuple
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -131,7 +130,7 @@ class CircleCiEnvConsumer(Consumer[CircleCiEnvConfig]):
         self._token: str | None = None
         self._api_prefix = "api/v2/"
         self._context_id = config.context_id
-        fixes = Fixes(*(text.format(conn_id=config.conn_id) for text in astuple(FIXES)))
+        fixes = FIXES.filled(conn_id=config.conn_id)
         self._transport = Transport(
             consumer=config.name, service="CircleCI", conn_id=config.conn_id, classify=classify_requests, fixes=fixes
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import threading
@@ -191,8 +190,6 @@ def connect(conn_id: str, consumer: str) -> GcpSession:
     from google.cloud import secretmanager
 
     pin_client_loggers()
-    google = logging.getLogger("google")  # at DEBUG the REST transport logs request bodies, the key among them
-    google.setLevel(max(google.level, logging.WARNING))
     connection = connection_or_explain(conn_id, consumer, CREATE_CONNECTION.format(ID=conn_id.upper()))
     extra = dict(connection.extra_dejson or {})
 

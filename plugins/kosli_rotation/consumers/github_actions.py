@@ -17,7 +17,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import astuple
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, cast
 
@@ -185,7 +184,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         needs = ", Environments read" if config.environment else ""
         needs += ", Actions write for the canary" if config.canary else ""
         fill = {"conn_id": config.conn_id, "target": self.target, "needs": needs}
-        fixes = Fixes(*(text.format(**fill) for text in astuple(FIXES)))
+        fixes = FIXES.filled(**fill)
         self._transport = Transport(
             consumer=self.name, service="GitHub", conn_id=config.conn_id, classify=_classify, fixes=fixes
         )

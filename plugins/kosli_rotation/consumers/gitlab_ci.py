@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import astuple
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -203,7 +202,7 @@ class GitLabCiConsumer(Consumer[GitLabCiConfig]):
             except ValueError as error:
                 raise ConsumerError(self.name, str(error), retryable=False) from None
             fill = {"conn_id": conn_id, "url": self._url, "target": self.target, "role": self._required_role}
-            fixes, service = Fixes(*(text.format(**fill) for text in astuple(FIXES))), f"GitLab at {self._url}"
+            fixes, service = FIXES.filled(**fill), f"GitLab at {self._url}"
             self._transport = Transport(
                 consumer=self.name, service=service, conn_id=conn_id, classify=self._classify, fixes=fixes
             )

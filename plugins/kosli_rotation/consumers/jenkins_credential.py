@@ -25,7 +25,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import astuple
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -188,7 +187,7 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
     def __init__(self, config: JenkinsCredentialConfig) -> None:
         super().__init__(config)
         self._jenkins: Any = None
-        fixes = Fixes(*(text.format(conn_id=config.conn_id) for text in astuple(FIXES)))
+        fixes = FIXES.filled(conn_id=config.conn_id)
         self._transport = Transport(
             consumer=config.name, service="Jenkins", conn_id=config.conn_id, classify=_classify, fixes=fixes
         )

@@ -16,7 +16,7 @@ import email.utils
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any, TypeVar
 
 from kosli_rotation.errors import ConsumerError
@@ -159,6 +159,10 @@ class Fixes:
     unauthorized: str
     forbidden: str
     not_found: str
+
+    def filled(self, **fields: str) -> Fixes:
+        """These fixes with ``{placeholders}`` filled in (a module's templates, for one consumer)."""
+        return Fixes(*(text.format(**fields) for text in astuple(self)))
 
 
 class Transport:
