@@ -23,6 +23,8 @@ SANDBOXES: dict[str, str] = {
     "gitlab": "sandbox.gitlab",
     "github": "sandbox.github",
     "kubernetes": "sandbox.kubernetes",
+    "gcp_secret_manager": "sandbox.gcp_secret_manager",
+    "azure_key_vault": "sandbox.azure_key_vault",
 }  # sub-command -> module
 
 

@@ -24,6 +24,8 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "gitlab_ci": {"project": "acme/app"},
     "github_actions": {"repository": "acme/app"},
     "kubernetes_secret": {"namespace": "prod"},
+    "gcp_secret_manager": {"project": "acme-prod", "secret_id": "kosli-ci"},
+    "azure_key_vault": {"vault_url": "https://acme.vault.azure.net", "secret_name": "kosli-ci"},
 }
 CANARIES: dict[str, dict[str, Any]] = {
     "jenkins_credential": {"job": "team/kosli-canary"},

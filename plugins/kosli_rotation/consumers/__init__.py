@@ -13,8 +13,10 @@ from typing import Annotated
 from pydantic import Field
 
 from kosli_rotation.consumers.aws_secrets_manager import AwsSecretsManagerConfig, AwsSecretsManagerConsumer
+from kosli_rotation.consumers.azure_key_vault import AzureKeyVaultConfig, AzureKeyVaultConsumer
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Proof, Verification
 from kosli_rotation.consumers.circleci_env import CircleCiEnvConfig, CircleCiEnvConsumer
+from kosli_rotation.consumers.gcp_secret_manager import GcpSecretManagerConfig, GcpSecretManagerConsumer
 from kosli_rotation.consumers.github_actions import GithubActionsConfig, GithubActionsConsumer
 from kosli_rotation.consumers.gitlab_ci import GitLabCiConfig, GitLabCiConsumer
 from kosli_rotation.consumers.jenkins_credential import JenkinsCredentialConfig, JenkinsCredentialConsumer
@@ -31,6 +33,8 @@ KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "gitlab_ci": (GitLabCiConfig, GitLabCiConsumer),
     "github_actions": (GithubActionsConfig, GithubActionsConsumer),
     "kubernetes_secret": (KubernetesSecretConfig, KubernetesSecretConsumer),
+    "gcp_secret_manager": (GcpSecretManagerConfig, GcpSecretManagerConsumer),
+    "azure_key_vault": (AzureKeyVaultConfig, AzureKeyVaultConsumer),
 }
 
 #: The inventory's consumer entry: whichever config model its ``kind`` names.
