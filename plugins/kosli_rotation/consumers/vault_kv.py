@@ -57,6 +57,12 @@ class VaultKvConsumer(Consumer[VaultKvConfig]):
         except RotationError as error:  # the connection is missing, the token denied, the write refused
             refused = isinstance(error.__context__, hvac.exceptions.InvalidRequest)  # a 400: the same write fails again
             raise ConsumerError(self.name, describe_error(error), retryable=error.retryable and not refused) from None
+        except (hvac.exceptions.Forbidden, hvac.exceptions.Unauthorized) as error:  # a raw call, refused
+            text = (
+                f"Vault refused the token of connection {self.config.conn_id!r} while {doing} {self._store.location} "
+                f"({describe_error(error)}): give the connection a valid token whose policy covers this path"
+            )
+            raise ConsumerError(self.name, text, retryable=False) from None
         except Exception as error:  # Vault unreachable, sealed or overloaded through every retry
             text = f"cannot reach Vault while {doing} {self._store.location}: {describe_error(error)}"
             raise ConsumerError(self.name, text, retryable=True) from None
