@@ -103,6 +103,8 @@ class FixtureAdapter(ABC):
     service: ClassVar[str]
     #: Why the contract test cannot inject HTTP faults or wrong credentials for this kind (None: it can).
     no_faults: ClassVar[str | None] = None
+    #: Why a write to a target that does not exist yet fails (None: the write creates it).
+    missing_target: ClassVar[str | None] = None
 
     settings: FleetSettings
     #: conn_id -> the Airflow connection (as a dict) that reaches the sandbox with the rotator's account.
@@ -114,9 +116,10 @@ class FixtureAdapter(ABC):
         """Start the sandbox (stopped by ``stack``), create the rotator's account, fill ``connections``/``url``."""
 
     @abstractmethod
-    def seed(self, name: str, value: str, target: str, **quirks: Any) -> SeededConsumer:
-        """A new target holding ``value``, its names derived from ``target`` (short, unique within the kind);
-        ``quirks`` are the kind's own options (a canary or not, ...). Returns it with its inventory entry."""
+    def seed(self, name: str, value: str | None, target: str, **quirks: Any) -> SeededConsumer:
+        """A new target holding ``value`` (None: the target does not exist yet), its names derived from ``target``
+        (short, unique within the kind); ``quirks`` are the kind's own options (a canary or not, ...). Returns it
+        with its inventory entry."""
 
     def wrong_credentials(self) -> dict[str, dict[str, Any]]:
         """The same connections (same ids) with credentials the service refuses (401 or 403)."""
@@ -125,3 +128,7 @@ class FixtureAdapter(ABC):
     def fail_writes(self, status: int, *, times: int = 0, headers: dict[str, str] | None = None) -> InjectedFault:
         """Answer the next ``times`` writes (0: every write) to any target with ``status`` and ``headers``."""
         raise NotImplementedError(self.no_faults or f"{self.kind} has no fault injection")
+
+    def requests_served(self) -> int:
+        """Every request the service answered so far (injected faults included), to tell a retry storm."""
+        raise NotImplementedError(self.no_faults or f"{self.kind} does not count requests")

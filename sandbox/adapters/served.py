@@ -3,8 +3,6 @@ requests answered with injected statuses, and the requests the service saw.
 
 A subclass sets ``server`` in ``start`` (the kind's sandbox, or a ``ForwardProxy`` in front of a real service),
 and names the requests that write (``write_path``, a regex searched in the path, and ``write_methods``).
-``requests_served`` and ``missing_target`` go beyond ``FixtureAdapter``'s contract; the contract test reads them
-(``missing_target`` None, the default: a write creates a target that does not exist yet).
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ class ServedAdapter(FixtureAdapter):
     #: The paths (regex, searched) and methods of the requests that write a target.
     write_path: ClassVar[str]
     write_methods: ClassVar[frozenset[str]] = frozenset({"POST", "PUT", "PATCH"})
-    #: Why a write to a target that does not exist yet fails (None: the write creates it).
-    missing_target: ClassVar[str | None] = None
-
     server: SandboxServer
 
     def fail_writes(self, status: int, *, times: int = 0, headers: dict[str, str] | None = None) -> InjectedFault:
@@ -52,7 +47,6 @@ class ServedAdapter(FixtureAdapter):
         return InjectedFault(lambda: rule.fired, remove)
 
     def requests_served(self) -> int:
-        """Every request the service answered so far (injected faults included)."""
         return int(self.server.stats()["total_requests"])
 
     def requests_to(self, *handlers: str) -> int:

@@ -69,7 +69,7 @@ def test_a_write_creates_a_target_that_does_not_exist_yet(contract: Contract) ->
     seeded = contract.seed(None)
     consumer = contract.consumer(seeded)
     assert seeded.read() is None, "seeded empty"
-    missing = getattr(contract.adapter, "missing_target", None)
+    missing = contract.adapter.missing_target
     if missing:
         with pytest.raises(ConsumerError) as raised:
             consumer.write(contract.new)
