@@ -19,13 +19,14 @@ from collections.abc import Iterator
 import pytest
 
 from kosli_rotation.consumers import KINDS
+from kosli_rotation.consumers.transport import DEFAULT_POLICY
 from kosli_rotation.errors import ConsumerError
 from sandbox.adapters import ADAPTER_KINDS
 from tests.consumers.conftest import Contract
 from tests.support.client_logs import configure_airflow_at_debug, everything_logged, log_everything_at_debug
 
-#: The retry policy's attempts (``consumers.transport.DEFAULT_POLICY``): a persistent failure is tried this often.
-ATTEMPTS = 5
+#: The retry policy's attempts: a persistent failure is tried this often.
+ATTEMPTS = DEFAULT_POLICY.max_attempts
 #: A refused credential is not retried: the call that was refused, and at most one more (a crumb, a probe).
 REFUSED_REQUESTS = 2
 
