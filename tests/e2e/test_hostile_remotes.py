@@ -75,7 +75,15 @@ def test_a_kosli_host_answering_every_call_with_a_hostile_body_still_gets_a_clea
 
 WRITES = ("PUT", "POST", "PATCH", "DELETE")
 #: The kinds whose sandbox can reflect a request in its answer (``ConsumerFleet.sandbox``).
-HOSTILE_SANDBOXES = ("github_actions", "gitlab_ci", "jenkins_credential", "circleci_env", "kubernetes_secret")
+HOSTILE_SANDBOXES = (
+    "github_actions",
+    "gitlab_ci",
+    "jenkins_credential",
+    "circleci_env",
+    "kubernetes_secret",
+    "gcp_secret_manager",
+    "azure_key_vault",
+)
 
 
 def fleet_credentials(fleet) -> list[str]:
@@ -86,6 +94,9 @@ def fleet_credentials(fleet) -> list[str]:
     kubeconfig = fleet.connections["kubernetes_default"]["extra"]["kube_config"]
     kubeconfig = yaml.safe_load(kubeconfig) if isinstance(kubeconfig, str) else kubeconfig
     found += [user["user"]["token"] for user in kubeconfig["users"] if user["user"].get("token")]
+    keyfile = fleet.connections["google_cloud_default"]["extra"]["keyfile_dict"]
+    keyfile = json.loads(keyfile) if isinstance(keyfile, str) else keyfile
+    found.append(keyfile["private_key"])
     return found
 
 
