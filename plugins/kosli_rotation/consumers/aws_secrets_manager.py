@@ -171,12 +171,9 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
         return f"Secrets Manager secret {self.config.secret_id}"
 
     def _scheduled_for_deletion(self) -> ConsumerError:
-        return ConsumerError(
-            self.name,
-            f"{self.describe()} is scheduled for deletion: restore it "
-            f"(aws secretsmanager restore-secret --secret-id {self.config.secret_id}) or point the consumer elsewhere",
-            retryable=False,
-        )
+        restore = f"aws secretsmanager restore-secret --secret-id {self.config.secret_id}"
+        text = f"{self.describe()} is scheduled for deletion: restore it ({restore}) or point the consumer elsewhere"
+        return ConsumerError(self.name, text, retryable=False)
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -272,19 +269,10 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
 
     def _create(self, secret_string: str, key: str) -> bool:
         """CreateSecret with the value; False when the secret turns out to exist (then it gets a new version)."""
-        token = client_request_token(self.config.secret_id, secret_string)
         optional = {"KmsKeyId": self.config.kms_key_id, "Description": self.config.description}
-        client = self._client()
-        created = self._call(
-            f"create {self._target}",
-            lambda: client.create_secret(
-                Name=self.config.secret_id,
-                SecretString=secret_string,
-                ClientRequestToken=token,
-                **{name: value for name, value in optional.items() if value},
-            ),
-            none_on="ResourceExistsException",
-        )
+        given = {name: value for name, value in optional.items() if value}
+        exists = "ResourceExistsException"
+        token, created = self._send("create", secret_string, exists, Name=self.config.secret_id, **given)
         if created is None:
             return False
         log.info("Created %s holding %s (version %s)", self.describe(), fingerprint(key), token)
@@ -292,23 +280,27 @@ class AwsSecretsManagerConsumer(Consumer[AwsSecretsManagerConfig]):
 
     def _put(self, secret_string: str, key: str) -> None:
         """PutSecretValue as AWSCURRENT; if AWS ignored it (this value's version exists), make that version current."""
-        token = client_request_token(self.config.secret_id, secret_string)
-        client = self._client()
-        response = self._call(
-            f"write {self._target}",
-            lambda: client.put_secret_value(
-                SecretId=self.config.secret_id,
-                SecretString=secret_string,
-                ClientRequestToken=token,
-                VersionStages=[CURRENT],
-            ),
-            none_on="ResourceNotFoundException",
+        token, response = self._send(
+            "write", secret_string, "ResourceNotFoundException", SecretId=self.config.secret_id, VersionStages=[CURRENT]
         )
         if response is None:
             raise self._missing()
         if CURRENT not in response.get("VersionStages", [CURRENT]):
             self._make_current(token)
         log.info("Stored %s in %s (version %s)", fingerprint(key), self.describe(), token)
+
+    def _send(self, operation: str, secret_string: str, none_on: str, **params: Any) -> tuple[str, Any]:
+        """CreateSecret (``create``) or PutSecretValue (``write``) with ``secret_string`` and the idempotency token
+        derived from it; returns the token and the answer (None when AWS answers ``none_on``)."""
+        token = client_request_token(self.config.secret_id, secret_string)
+        client = self._client()
+        send = client.create_secret if operation == "create" else client.put_secret_value
+        answer = self._call(
+            f"{operation} {self._target}",
+            lambda: send(SecretString=secret_string, ClientRequestToken=token, **params),
+            none_on=none_on,
+        )
+        return token, answer
 
     def _make_current(self, version_id: str) -> None:
         client, secret_id = self._client(), self.config.secret_id

@@ -130,10 +130,7 @@ class CircleCiEnvConsumer(Consumer[CircleCiEnvConfig]):
         self._token: str | None = None
         self._api_prefix = "api/v2/"
         self._context_id = config.context_id
-        fixes = FIXES.filled(conn_id=config.conn_id)
-        self._transport = Transport(
-            consumer=config.name, service="CircleCI", conn_id=config.conn_id, classify=classify_requests, fixes=fixes
-        )
+        self._transport = Transport.for_consumer(config, "CircleCI", classify_requests, FIXES)
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -187,10 +187,7 @@ class JenkinsCredentialConsumer(Consumer[JenkinsCredentialConfig]):
     def __init__(self, config: JenkinsCredentialConfig) -> None:
         super().__init__(config)
         self._jenkins: Any = None
-        fixes = FIXES.filled(conn_id=config.conn_id)
-        self._transport = Transport(
-            consumer=config.name, service="Jenkins", conn_id=config.conn_id, classify=_classify, fixes=fixes
-        )
+        self._transport = Transport.for_consumer(config, "Jenkins", _classify, FIXES)
 
     # -- plumbing -------------------------------------------------------------------------------
 

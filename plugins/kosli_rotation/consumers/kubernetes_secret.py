@@ -66,21 +66,24 @@ FIXES = Fixes(
 )
 
 
-def _dns_label(value: str, what: str) -> str:
-    if len(value) > 63 or not DNS1123_LABEL.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a DNS-1123 label: at most 63 lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return value
+#: Kubernetes' two name rules: the longest name, its pattern, and the rule said for people.
+DNS_LABEL = (
+    63,
+    DNS1123_LABEL,
+    "label: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit",
+)
+DNS_SUBDOMAIN = (
+    253,
+    DNS1123_SUBDOMAIN,
+    "subdomain: at most 253 lower-case letters, digits, '-' and '.', each dot-separated part starting and ending "
+    "with a letter or digit",
+)
 
 
-def _dns_subdomain(value: str, what: str) -> str:
-    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a DNS-1123 subdomain: at most 253 lower-case letters, digits, '-' and '.', "
-            "each dot-separated part starting and ending with a letter or digit"
-        )
+def _dns_name(value: str, what: str, rule: tuple[int, re.Pattern[str], str]) -> str:
+    longest, pattern, said = rule
+    if len(value) > longest or not pattern.match(value):
+        raise ValueError(f"{what} {value!r} is not a DNS-1123 {said}")
     return value
 
 
@@ -95,7 +98,7 @@ class RestartTarget(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        return _dns_subdomain(name, "workload name")
+        return _dns_name(name, "workload name", DNS_SUBDOMAIN)
 
     @property
     def ref(self) -> str:
@@ -117,12 +120,12 @@ class KubernetesSecretConfig(ConsumerConfig):
     @field_validator("namespace")
     @classmethod
     def _valid_namespace(cls, namespace: str) -> str:
-        return _dns_label(namespace, "namespace")
+        return _dns_name(namespace, "namespace", DNS_LABEL)
 
     @field_validator("secret_name")
     @classmethod
     def _valid_secret_name(cls, name: str) -> str:
-        return _dns_subdomain(name, "secret_name")
+        return _dns_name(name, "secret_name", DNS_SUBDOMAIN)
 
     @field_validator("data_key")
     @classmethod

@@ -191,6 +191,14 @@ class Transport:
         self.policy = policy
         self.sleep = sleep
 
+    @classmethod
+    def for_consumer(
+        cls, config: Any, service: str, classify: Callable[[Exception], RemoteFailure | None], fixes: Fixes
+    ) -> Transport:
+        """The transport of one consumer entry (its ``name`` and ``conn_id``), ``{conn_id}`` filled in ``fixes``."""
+        filled = fixes.filled(conn_id=config.conn_id)
+        return cls(consumer=config.name, service=service, conn_id=config.conn_id, classify=classify, fixes=filled)
+
     def delay_for(self, error: Exception, attempt: int) -> float | None:
         """How long to wait before retrying after ``error`` (None: do not retry)."""
         failure = self.classify(error)
