@@ -7,9 +7,10 @@ and read versions), ``roles/secretmanager.viewer`` (read the secret and its alia
 role with ``secretmanager.secrets.create`` alone. Its connection carries the key file as an object in
 ``keyfile_dict`` (so the contract's credential scan sees its ``private_key``) and the sandbox as ``api_endpoint``.
 
-Quirks of ``seed``: any ``gcp_secret_manager`` config field (``retire``, ``replication``...) goes into the entry;
-``aliases`` (alias -> version number) are set on the seeded secret. ``wrong_credentials`` is a key of an account
-the sandbox never issued (its JWTs are refused with 401).
+Quirks of ``seed``: any ``gcp_secret_manager`` config field (``retire``, ``replication``...) goes into the entry
+(``retire: disable|destroy`` also binds ``roles/secretmanager.secretVersionManager`` on the secret, as the README
+asks, or preflight refuses the entry); ``aliases`` (alias -> version number) are set on the seeded secret.
+``wrong_credentials`` is a key of an account the sandbox never issued (its JWTs are refused with 401).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ ROTATOR_ROLES = (
     "roles/secretmanager.viewer",
     CREATOR_ROLE,
 )
+#: What ``retire: disable|destroy`` needs beyond those, bound on the secret alone.
+RETIRER_ROLE = "roles/secretmanager.secretVersionManager"
 
 
 def connection(key: dict[str, Any], endpoint: str) -> dict[str, Any]:
@@ -87,6 +90,8 @@ class GcpSecretManagerAdapter(ServedAdapter):
             server.put_secret(PROJECT, secret_id, value)
         for alias, number in aliases.items():
             server.set_alias(PROJECT, secret_id, alias, number)
+        if quirks.get("retire", "none") != "none":
+            server.iam.grant(ROTATOR_EMAIL, RETIRER_ROLE, f"projects/{PROJECT}/secrets/{secret_id}")
 
         def read() -> str | None:
             data = server.payload(PROJECT, secret_id)
