@@ -1,4 +1,9 @@
-"""The aws_secrets_manager consumer against moto's server mode, with boto3 read-backs straight from moto.
+"""The aws_secrets_manager consumer's quirks against moto's server mode, with boto3 read-backs straight from moto:
+JSON fields, version stages and idempotency tokens, ARNs, create_if_missing, role assumption, AWS's own error
+codes, a secret scheduled for deletion, regions.
+
+The behaviours every kind shares (create, update, rerun, verify, wrong credentials, 429 then recovery, a
+persistent 503, nothing leaked at DEBUG) are in ``tests/consumers/test_contract.py``.
 
 Faults moto cannot produce (throttling, 5xx, the exact credential errors Secrets Manager returns) come from
 ``AwsErrorFront``, a local front that answers scripted errors and proxies the rest to moto.
@@ -205,18 +210,6 @@ def test_updates_one_json_field_keeping_the_others(aws: Aws) -> None:
 
     assert json.loads(aws.value()) == {"KOSLI_ORG": "acme", "KOSLI_API_TOKEN": KEY, "retries": 3}
     assert len(aws.versions()) == 2
-
-
-def test_rerun_that_already_holds_the_key_writes_nothing(aws: Aws) -> None:
-    aws.direct.create_secret(Name=SECRET, SecretString=OLD_KEY)
-    aws.consumer().write(KEY)
-    versions = aws.versions()
-
-    rerun = aws.consumer()  # a new task attempt: fan_out checks holds() before writing
-    assert rerun.holds(KEY)
-
-    assert aws.versions() == versions
-    assert len(versions) == 2
 
 
 def test_retried_write_reuses_the_token_so_no_second_version(aws: Aws) -> None:

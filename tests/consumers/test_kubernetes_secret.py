@@ -1,4 +1,9 @@
-"""The kubernetes_secret consumer (cncf-kubernetes hook + official client) against the Kubernetes sandbox.
+"""The kubernetes_secret consumer's quirks (cncf-kubernetes hook + official client) against the Kubernetes sandbox:
+its annotations and the other keys, labels and annotations kept, rollouts and the pods' start times, reruns after
+a stuck or failed rollout, RBAC refusals, kubeconfig errors, the Status bodies and API Priority and Fairness.
+
+The behaviours every kind shares (create, update, rerun, verify, wrong credentials, 429 then recovery, a
+persistent 503, nothing leaked at DEBUG) are in ``tests/consumers/test_contract.py``.
 
 Outcomes are checked through the sandbox's own view: the decoded Secret data it stores, its write counts, and
 the fingerprints of the Secret value each simulated pod started with.
@@ -532,16 +537,6 @@ def test_dropped_connections_go_through_our_retry_policy_only(
     assert consumer.read_digest() == digest(OLD_KEY)
     assert cluster.requests("get_secret") == 3
     assert [record.message for record in caplog.records if "retry 1 in" in record.message]
-
-
-def test_persistent_server_errors_give_a_retryable_error(cluster: Cluster, quick_backoff: None) -> None:
-    cluster.server.put_secret(NAMESPACE, SECRET, {"key": OLD_KEY})
-    cluster.server.faults.add(r"/secrets/kosli-api-token$", method="PATCH", status=503, times=None)
-    with pytest.raises(ConsumerError) as error:
-        cluster.consumer().write(KEY)
-    assert error.value.retryable and "cannot patch Secret prod/kosli-api-token (HTTP 503" in str(error.value)
-    assert cluster.requests("patch_secret") == transport.DEFAULT_POLICY.max_attempts
-    assert cluster.stored() == {"key": OLD_KEY}
 
 
 def test_create_race_falls_back_to_patch(cluster: Cluster) -> None:
