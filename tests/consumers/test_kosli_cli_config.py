@@ -1,5 +1,9 @@
-"""The kosli_cli_config consumer: writes only under the configured directories, never through a symlink, never
-readable by group or other, atomically; a broken file is reported by position, never by its content."""
+"""The kosli_cli_config consumer's quirks: writes only under the configured directories, never through a symlink,
+never readable by group or other, atomically; a broken file is reported by position, never by its content.
+
+The behaviours every kind shares (create, update, rerun, verify, nothing leaked at DEBUG; a local file has no
+credentials, rate limits or HTTP statuses) are in ``tests/consumers/test_contract.py``.
+"""
 
 from __future__ import annotations
 
