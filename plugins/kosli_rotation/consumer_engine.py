@@ -23,6 +23,7 @@ from kosli_rotation.fingerprints import digest, fingerprint
 from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.key_store import KeyStore
 from kosli_rotation.record import KeyRecord, iso
+from kosli_rotation.scrub import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ class ConsumerEngine:
                 self._save(evidence, consumer)
                 outcome = f"wrote {shown}"
         except Exception as error:
-            self._withdraw(consumer, f"write failed: {type(error).__name__}")
+            # What the consumer said (scrubbed): the gate's error, the notice and the record then say what to fix.
+            self._withdraw(consumer, f"write failed: {describe_error(error)}")
             raise
         log.info("%s: %s", consumer.describe(), outcome)
         return outcome
