@@ -332,10 +332,10 @@ class GcpSecretManagerConsumer(Consumer[GcpSecretManagerConfig]):
         if verb == "none":
             return None
         current, held = self._latest()
-        if held != digest(key):
-            why = f"its latest version {current} does not hold the key" if current else "it holds no version"
-            log.warning("%s: nothing %s: %s", self.describe(), PAST[verb], why)
-            return f"nothing {PAST[verb]}: {why}"
+        if held != digest(key):  # drifted since it was verified: retiring now could leave no version with the key
+            why = f"its latest version {current} does not hold" if current else "it holds no version with"
+            text = f"refusing to {verb} earlier versions of {self.describe()}: {why} the new key {fingerprint(key)}"
+            raise ConsumerError(self.name, text, retryable=False)
         versions = self._call(
             lambda: list(
                 self._client().list_secret_versions(request={"parent": self._path, "page_size": 100}, **gcp.NO_RETRY)
