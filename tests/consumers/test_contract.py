@@ -160,19 +160,38 @@ def test_wrong_credentials_fail_at_once_naming_the_connection(contract: Contract
     message = str(raised.value)
     assert raised.value.retryable is False, message
     assert any(conn_id in message for conn_id in contract.adapter.connections), message
+    assert contract.new not in message and contract.old not in message, "the error holds a value"
     assert contract.requests_served() - before <= REFUSED_REQUESTS, "a refused credential was retried"
     assert seeded.read() == contract.old
 
 
-def test_rate_limited_writes_are_retried_after_the_wait_asked_for(contract: Contract) -> None:
+@pytest.mark.parametrize("present", [True, False], ids=["target present", "target missing"])
+def test_the_access_check_passes_with_the_rotators_credentials(contract: Contract, present: bool) -> None:
+    seeded = contract.seed(contract.old if present else None)
+    if not present and contract.adapter.missing_target:
+        pytest.skip(f"{contract.kind}: {contract.adapter.missing_target}")
+
+    contract.consumer(seeded).check_access()
+
+    assert seeded.read() == (contract.old if present else None), "checking access changed nothing"
+
+
+@pytest.mark.parametrize(
+    ("status", "times", "headers"),
+    [(429, 2, {"Retry-After": "1"}), (502, 1, {})],
+    ids=["rate limited, Retry-After", "one bad gateway"],
+)
+def test_transient_write_failures_are_retried_until_the_write_lands(
+    contract: Contract, status: int, times: int, headers: dict[str, str]
+) -> None:
     skip_without_faults(contract)
     seeded = contract.seed(contract.old)
     consumer = contract.consumer(seeded)
-    fault = contract.fail_writes(429, times=2, headers={"Retry-After": "1"})
+    fault = contract.fail_writes(status, times=times, headers=headers)
 
     consumer.write(contract.new)
 
-    assert fault.fired == 2
+    assert fault.fired == times
     assert seeded.read() == contract.new
 
 
@@ -185,6 +204,9 @@ def test_a_persistent_server_error_gives_up_retryable_after_the_policys_attempts
     with pytest.raises(ConsumerError) as raised:
         consumer.write(contract.new)
 
-    assert raised.value.retryable is True, str(raised.value)
-    assert 1 <= fault.fired <= ATTEMPTS, f"{fault.fired} writes answered 503"
+    message = str(raised.value)
+    assert raised.value.retryable is True, message
+    assert fault.fired == ATTEMPTS, f"{fault.fired} writes answered 503, the policy allows {ATTEMPTS}"
+    assert seeded.fragment in message, f"the error names the target: {message}"
+    assert contract.new not in message and contract.old not in message, "the error holds a value"
     assert seeded.read() == contract.old
