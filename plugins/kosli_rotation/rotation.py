@@ -272,11 +272,11 @@ class Rotation:
             left_out = [name for name in missing if not run.updates(name)]
             raise ConsumerError(
                 ", ".join(missing),
-                f"not proven to hold the key {record.key_id} ({fingerprint(record.key)}) in this run "
-                f"({'; '.join(f'{name}: {why}' for name, why in missing.items())}), so the outgoing key "
-                f"{record.outgoing_key_id} is NOT revoked. "
+                f"not proven to hold the key {record.key_id} ({fingerprint(record.key)}) in this run, so the "
+                f"outgoing key {record.outgoing_key_id} is NOT revoked. "
                 + (f"Not chosen for this run: {', '.join(left_out)}. " if left_out else "")
-                + "Fix the consumers, then clear their failed tasks (or trigger a new run: it resumes here).",
+                + "Fix the consumers, then clear their failed tasks (or trigger a new run: it resumes here). Why: "
+                + "; ".join(f"{name}: {why}" for name, why in missing.items()),
                 retryable=False,
             )
         if record.consumers_verified_at is None:

@@ -135,8 +135,9 @@ def one_line(text: Any, *, limit: int = DEFAULT_LIMIT) -> str:
     return " ".join(scrub(text, limit=limit).split())
 
 
-def describe_error(error: BaseException | None, *, limit: int = 500) -> str:
-    """What an exception says, on one line, fit for any sink."""
+def describe_error(error: BaseException | None, *, limit: int = 1500) -> str:
+    """What an exception says, on one line, fit for any sink. Long enough for a gate's error, which names every
+    consumer it blames and what to fix for each."""
     return one_line(str(error) if error is not None else "unknown error", limit=limit)
 
 
