@@ -29,6 +29,7 @@ from kosli_rotation import safe_yaml
 from kosli_rotation.consumers import KINDS, AnyConsumerConfig
 from kosli_rotation.consumers.vault_kv import VAULT_MOUNT, VaultKvConfig
 from kosli_rotation.key_store import VaultPath
+from kosli_rotation.lifecycle import LifecycleSettings
 from kosli_rotation.notifications import NotifyTarget
 
 ENV_VAR = "KOSLI_ROTATION_INVENTORY"
@@ -49,8 +50,8 @@ class InventoryError(Exception):
     """The inventory file as a whole cannot be used (missing, not YAML, wrong shape)."""
 
 
-class KeyEntry(BaseModel):
-    """One Kosli key to keep rotated: one DAG."""
+class KeyEntry(LifecycleSettings):
+    """One Kosli key to keep rotated: one DAG (its TTL, window, retry budget and attestation: ``lifecycle.py``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +132,14 @@ class Scenario:
             return XComModel.deserialize_value(row)
 
     @staticmethod
-    def task_duration(dag_run: Any, *task_ids: str) -> float:
-        """Seconds the given tasks (all their mapped instances) took in this run, added up."""
+    def task_times(dag_run: Any, task_id: str) -> tuple[datetime, datetime]:
+        """When one (unmapped) task of this run started and ended."""
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            instances = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).all()
-            return sum((ti.end_date - ti.start_date).total_seconds() for ti in instances if ti.task_id in task_ids)
+            ti = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id).one()
+            return ti.start_date, ti.end_date
 
     # -- looking at the world directly ----------------------------------------------------------
 
