@@ -138,7 +138,11 @@ class Scenario:
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            ti = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id).one()
+            ti = (
+                session.query(TaskInstance)
+                .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id)
+                .one()
+            )
             return ti.start_date, ti.end_date
 
     # -- looking at the world directly ----------------------------------------------------------
