@@ -140,3 +140,32 @@ def test_a_key_kosli_expires_in_two_days_fails_the_staleness_check_naming_the_da
     staleness_run()
 
     assert len(mailbox.to("ci@acme.example")) == 2, "without its note the check announces rather than stays silent"
+
+
+# -- the page --------------------------------------------------------------------------------------------------
+
+
+def test_the_page_shows_kosli_s_expiry_the_next_due_date_by_its_rule_and_why_the_last_run_was_due(
+    scenario, monkeypatch
+):
+    from demo.page_vault import page_vault_token
+    from kosli_rotation.dashboard import collect_rows, render_page
+    from kosli_rotation.inventory import load_inventory
+
+    young_key_in_vault(scenario, expires_in_days=10)
+    scenario.write_inventory(key_label=None, strategy="replace", key_ttl_days=110, max_age_days=100)
+    assert scheduled_run(scenario.dag()).state == "success"
+    token = page_vault_token(scenario.vault(), load_inventory(), scenario.mount)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KOSLI_ROTATION_PAGE_VAULT", scenario.bao.airflow_connection(scenario.mount, token=token)
+    )
+
+    (row,) = collect_rows(lambda dag_id: None, may_read=lambda dag_id: True)
+
+    expires_at = kosli_key(scenario, scenario.vault_record()["key_id"])["expires_at"]
+    assert row.key_expires_at == expires_at
+    assert row.next_due_by == (expires_at - 14 * DAY, "expiry_lead_days"), "96 days after minting, before 100"
+    page = render_page([row])
+    assert f"Kosli expires the key {datetime.fromtimestamp(expires_at, UTC):%Y-%m-%d %H:%M} UTC" in page
+    assert "by expiry_lead_days" in page
+    assert "last due: Kosli expires the key on " in page and "within expiry_lead_days (14)" in page
