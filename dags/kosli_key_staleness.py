@@ -10,6 +10,8 @@ shows which key needs attention:
   rotated it: the DAG is paused, or its runs fail;
 * **state**: the key's Vault record says a rotation failed (`failed_step`), or a rotation is in flight
   whose lock expired long ago (its run died and nothing resumed it);
+* **expiry**: Kosli expires the key within `expiry_warning_days` (30): the check fails every day until it is
+  rotated, and notifies at 30, 7 and 1 day(s) before (remembered in `<vault_path>/notices/expiry`);
 * **consumers**: a consumer that can be read back holds a value that is not the current key (or nothing).
   Write-only consumers (GitHub, Jenkins, ...) cannot be read: the check says so, and what the tool last
   wrote there.
@@ -34,6 +36,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from kosli_rotation.inventory import BrokenEntry, Inventory, InventoryError, inventory_path, load_inventory
 from kosli_rotation.notifications import notify_staleness
 from kosli_rotation.staleness import check_key
+from kosli_rotation.staleness_expiry import remember_notices
 from kosli_rotation.taskflow import FIRST_DAY
 
 #: After the rotation DAGs' default due check (06:00 UTC), so a key due today is rotated before it is judged.
@@ -71,7 +74,9 @@ def check_that_the_key_is_fresh(name: str) -> dict[str, Any]:
     for finding in health.findings:
         log.log(logging.ERROR if finding.problem else logging.INFO, "[%s] %s", finding.check, finding.message)
     if health.problems:
-        notify_staleness(entry.notify, facts, context)
+        if any(finding.notify for finding in health.problems):  # not an expiry warning announced already
+            notify_staleness(entry.notify, facts, context)
+            remember_notices(health)
         raise AirflowFailException(health.summary())
     return facts
 

@@ -63,6 +63,9 @@ class KeyRow:
     strategy: str = ""
     last_strategy: str | None = None
     max_age_days: int | None = None
+    expiry_lead_days: int | None = None
+    key_expires_at: float | None = None  # Kosli's expiry of the key, as it answered the mint
+    due: str | None = None  # why the last scheduled rotation was due
     phase: str | None = None
     key_id: str | None = None
     fingerprint: str | None = None  # display only
@@ -78,9 +81,21 @@ class KeyRow:
 
     @property
     def next_due(self) -> float | None:
-        if self.rotated_at is None or self.max_age_days is None:
-            return None
-        return self.rotated_at + self.max_age_days * 86400
+        return self.next_due_by[0]
+
+    @property
+    def next_due_by(self) -> tuple[float | None, str]:
+        """When the next scheduled rotation is due, and by which rule: the age, or the expiry within the lead."""
+        by_age = (
+            None
+            if self.rotated_at is None or self.max_age_days is None
+            else self.rotated_at + self.max_age_days * 86400
+        )
+        if self.key_expires_at and self.expiry_lead_days:
+            by_expiry = self.key_expires_at - self.expiry_lead_days * 86400
+            if by_age is None or by_expiry < by_age:
+                return by_expiry, "expiry_lead_days"
+        return by_age, "max_age_days"
 
     @property
     def state(self) -> str:
@@ -120,6 +135,7 @@ def key_row(entry: KeyEntry, read_run: RunReader, vault: PageVault) -> KeyRow:
         service_account=entry.service_account,
         strategy=entry.strategy,
         max_age_days=entry.max_age_days,
+        expiry_lead_days=entry.expiry_lead_days,
         consumers=[ConsumerState(config.name, config.kind, _proof(config)) for config in entry.consumers],
     )
     try:
@@ -131,6 +147,7 @@ def key_row(entry: KeyEntry, read_run: RunReader, vault: PageVault) -> KeyRow:
         row.digest = summary.get("digest")
         row.rotated_at = _epoch(summary.get("rotated_at"))
         row.grace_ends_at = _epoch(summary.get("grace_ends_at"))
+        row.key_expires_at, row.due = _epoch(summary.get("key_expires_at")), summary.get("due")
         row.failed_step, row.failure, row.todo = summary.get("failed_step"), summary.get("failure"), summary.get("todo")
         for consumer in row.consumers:
             status = vault.consumer_note(entry, consumer.name)
@@ -294,8 +311,12 @@ def render_row(row: KeyRow, now: float) -> str:
     state = row.state
     colour = STATE_COLOURS.get(state, "#6e7781")
     age = _duration(now - row.rotated_at) if row.rotated_at else "-"
-    due = row.next_due
+    due, rule = row.next_due_by
     due_text = "-" if due is None else _when(due) + (" (overdue)" if due < now else f" (in {_duration(due - now)})")
+    if due is not None:
+        due_text += f"<br><small>by {rule}</small>"
+    if row.key_expires_at:
+        due_text += f"<br><small>Kosli expires the key {_when(row.key_expires_at)}</small>"
     grace = "-"
     if row.grace_ends_at and row.phase == "stored" and row.strategy:
         left = row.grace_ends_at - now
@@ -307,6 +328,8 @@ def render_row(row: KeyRow, now: float) -> str:
         details.append(f"<b>failed at {escape(row.failed_step)}</b>: {escape(row.failure or '')}")
     if row.todo:
         details.append(f"to do: {escape(row.todo)}")
+    if row.due:
+        details.append(f"last due: {escape(row.due)}")
     details += [f'<span class="problem">{escape(problem)}</span>' for problem in row.problems]
     key = f"{escape(row.key_id or '-')}<br><small>{escape(row.fingerprint or '')}</small>"
     return (

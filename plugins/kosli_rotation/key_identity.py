@@ -91,10 +91,16 @@ class KeyIdentity:
             "is in Vault: set key_id or key_label in the inventory"
         )
 
-    def created_at(self, record: KeyRecord) -> float | None:
+    def current_key(self, record: KeyRecord) -> ApiKey | None:
+        """Kosli's present metadata of the key in Vault (its created_at, expires_at); None if Kosli lists no
+        such key."""
         keys = self.list_keys()
         key_id = self.current_key_id(record, keys)
-        return next((key.created_at for key in keys if key.id == key_id), None)
+        return next((key for key in keys if key.id == key_id), None)
+
+    def created_at(self, record: KeyRecord) -> float | None:
+        key = self.current_key(record)
+        return key.created_at if key else None
 
     def last_used_at(self, key_id: str | None) -> float | None:
         """When Kosli last saw ``key_id`` used; None if never, or if Kosli no longer lists it."""

@@ -64,6 +64,7 @@ class MintedKey:
     description: str
     created_at: float
     grace_period_expires_at: float | None
+    expires_at: float | None = None  # when Kosli kills the new key (None: never)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> MintedKey:
@@ -81,6 +82,7 @@ class MintedKey:
             description=str(body.get("description") or ""),
             created_at=float(body.get("created_at") or 0),
             grace_period_expires_at=float(grace) if grace else None,
+            expires_at=float(body["expires_at"]) if body.get("expires_at") else None,
         )
 
 
@@ -124,6 +126,11 @@ def checked_id(what: str, value: object) -> str:
     if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in value):
         raise InvalidRequestError(f"Kosli {what} {value!r} may not contain control characters")
     return value
+
+
+def _expiry(expires_at: int | None) -> dict[str, int]:
+    """The body field of a key's expiry: absent for a key that never expires (Kosli's 0, its default)."""
+    return {"expires_at": int(expires_at)} if expires_at else {}
 
 
 def _is_transient(error: Exception) -> bool:
@@ -279,16 +286,24 @@ class KosliHook(HttpHook):
         endpoint = self._keys_endpoint(org, service_account, ("key id", key_id))
         return ApiKey.from_json(self._call("GET", endpoint).json())
 
-    def create_key(self, org: str, service_account: str, *, description: str) -> MintedKey:
-        """POST a new key. Not retried once it may have reached Kosli (see ``KosliOutcomeUnknown``)."""
+    def create_key(
+        self, org: str, service_account: str, *, description: str, expires_at: int | None = None
+    ) -> MintedKey:
+        """POST a new key, which Kosli kills at ``expires_at`` (epoch seconds; None: never). Not retried once it
+        may have reached Kosli (see ``KosliOutcomeUnknown``)."""
         endpoint = self._keys_endpoint(org, service_account)
-        response = self._call("POST", endpoint, json={"description": description}, mints_a_key=True)
+        body: dict[str, Any] = {"description": description, **_expiry(expires_at)}
+        response = self._call("POST", endpoint, json=body, mints_a_key=True)
         return MintedKey.from_json(response.json())
 
-    def rotate_key(self, org: str, service_account: str, key_id: str, *, grace_period_hours: int) -> MintedKey:
-        """POST rotate: a new secret now, the old one valid for the grace period. Never retried blindly."""
+    def rotate_key(
+        self, org: str, service_account: str, key_id: str, *, grace_period_hours: int, expires_at: int | None = None
+    ) -> MintedKey:
+        """POST rotate: a new secret now (which Kosli kills at ``expires_at``; None: never), the old one valid for
+        the grace period. Never retried blindly."""
         endpoint = self._keys_endpoint(org, service_account, ("key id", key_id), "rotate")
-        response = self._call("POST", endpoint, json={"grace_period_hours": grace_period_hours}, mints_a_key=True)
+        body: dict[str, Any] = {"grace_period_hours": grace_period_hours, **_expiry(expires_at)}
+        response = self._call("POST", endpoint, json=body, mints_a_key=True)
         return MintedKey.from_json(response.json())
 
     def revoke_key(self, org: str, service_account: str, key_id: str) -> bool:

@@ -40,6 +40,13 @@ def minted_description(old_description: str, attempt: str) -> str:
     return base[: 256 - len(suffix)] + suffix
 
 
+def expiry_for(entry: KeyEntry, now: float | None = None) -> int | None:
+    """Kosli's ``expires_at`` for a key minted now: ``key_ttl_days`` from now (None: the key never expires)."""
+    if entry.key_ttl_days is None:
+        return None
+    return int((time.time() if now is None else now) + entry.key_ttl_days * 86400)
+
+
 class Minter:
     def __init__(self, entry: KeyEntry, store: KeyStore, kosli: KosliHook, identity: KeyIdentity) -> None:
         self.entry = entry
@@ -52,13 +59,21 @@ class Minter:
         any other failure leaves it, so the next attempt reconciles."""
         entry = self.entry
         assert intent.key_id is not None and intent.attempt is not None
+        expires_at = expiry_for(entry)
         try:
             if intent.strategy == "rotate":
                 return self.kosli.rotate_key(
-                    entry.org, entry.service_account, intent.key_id, grace_period_hours=intent.grace_hours or 24
+                    entry.org,
+                    entry.service_account,
+                    intent.key_id,
+                    grace_period_hours=intent.grace_hours or 24,
+                    expires_at=expires_at,
                 )
             return self.kosli.create_key(
-                entry.org, entry.service_account, description=minted_description(old_description, intent.attempt)
+                entry.org,
+                entry.service_account,
+                description=minted_description(old_description, intent.attempt),
+                expires_at=expires_at,
             )
         except KosliApiError as error:
             if error.status not in REFUSED_BEFORE_COMMIT:
@@ -82,7 +97,9 @@ class Minter:
                 return None
             if record.state != Phase.ROTATING:
                 raise FenceLost(f"Vault record {self.store.location} left phase 'rotating' ({record.state.value!r})")
-            return record.stored(minted.secret, minted.id, grace_ends_at=minted.grace_period_expires_at)
+            return record.stored(
+                minted.secret, minted.id, grace_ends_at=minted.grace_period_expires_at, expires_at=minted.expires_at
+            )
 
         deadline = time.monotonic() + self.entry.vault_retry_seconds
         try:

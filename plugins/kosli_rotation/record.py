@@ -72,6 +72,10 @@ class KeyRecord(BaseModel):
     outgoing_dies_by: float | None = None
     finishes_lost_rotate: bool = False  # this rotation finishes a 'rotate' whose answer was lost
     rotated_at: float | None = None  # when the current key was stored: the key's age counts from here
+    #: Kosli's expiry of the key we minted, as it answered the mint: for the page only (the due check and the
+    #: staleness check ask Kosli for its present expires_at).
+    key_expires_at: float | None = None
+    due: str | None = None  # why a scheduled rotation was due (max_age_days, or expires_at within the lead)
     grace_ends_at: float | None = None  # when Kosli kills the outgoing key by itself
     consumers_verified_at: float | None = None  # when every consumer was last proven to hold the key
     old_key_last_used_at: float | None = None  # Kosli's last_used_at of the outgoing key id at that moment
@@ -161,6 +165,7 @@ class KeyRecord(BaseModel):
         grace_hours: int,
         until: float,
         finishes_lost_rotate: bool = False,
+        due: str | None = None,
     ) -> KeyRecord:
         """IDLE or ROTATING -> ROTATING: about to ask Kosli for a key, under a fresh fencing token. A deadline
         left by a lost 'rotate' of the same key id still holds."""
@@ -178,6 +183,7 @@ class KeyRecord(BaseModel):
                     "key_id": key_id,
                     "run_id": run_id,
                     "reason": reason,
+                    "due": due,
                     "triggered_by": by,
                     "strategy": strategy,
                     "finishes_lost_rotate": finishes_lost_rotate,
@@ -201,7 +207,9 @@ class KeyRecord(BaseModel):
             update={"state": Phase.IDLE, "attempt": None, "lock_owner": None, "lock_expires_at": None}
         )
 
-    def stored(self, secret: str, key_id: str, *, grace_ends_at: float | None) -> KeyRecord:
+    def stored(
+        self, secret: str, key_id: str, *, grace_ends_at: float | None, expires_at: float | None = None
+    ) -> KeyRecord:
         """ROTATING -> STORED: the minted key is the key in use; the old one is outgoing until it is dead."""
         return self.noted(f"stored new key {key_id} ({fingerprint(secret)})").model_copy(
             update={
@@ -211,6 +219,7 @@ class KeyRecord(BaseModel):
                 "key_id": key_id,
                 "state": Phase.STORED,
                 "rotated_at": datetime.now(UTC).timestamp(),
+                "key_expires_at": expires_at,
                 "grace_ends_at": grace_ends_at if self.strategy == "rotate" else None,
                 "outgoing_dies_by": (grace_ends_at if self.strategy == "rotate" else None) or self.outgoing_dies_by,
             }
@@ -240,6 +249,8 @@ class KeyRecord(BaseModel):
                     "attempt": attempt,
                     "run_id": run_id,
                     "reason": reason,
+                    "due": None,
+                    "key_expires_at": None,  # the page's copy of the expiry was the other key's
                     "triggered_by": by,
                     "started_at": now,
                     "rotated_at": now,  # when the key in Vault was written: consumers' writes must come after it
@@ -318,6 +329,8 @@ class KeyRecord(BaseModel):
             "run_id": self.run_id,
             "strategy": self.strategy,
             "rotated_at": iso(self.rotated_at),
+            "key_expires_at": iso(self.key_expires_at),
+            "due": self.due,
             "grace_ends_at": iso(self.grace_ends_at),
             "old_key_dies_at": iso(self.outgoing_key_dies_at),
             "consumers_verified_at": iso(self.consumers_verified_at),

@@ -42,7 +42,7 @@ from kosli_rotation.kosli_hook import KosliHook
 from kosli_rotation.machine import enter
 from kosli_rotation.minting import Minter
 from kosli_rotation.ownership import Ownership
-from kosli_rotation.preflight_checks import check_current_key, check_due, check_vault_token
+from kosli_rotation.preflight_checks import check_current_key, check_due, check_vault_token, scheduled_due
 from kosli_rotation.record import AFTER_STORE, KeyRecord, Phase, iso
 from kosli_rotation.revocation import Revocation
 from kosli_rotation.run_request import RunRequest
@@ -121,7 +121,7 @@ class Rotation:
     def preflight(self, run: RunRequest) -> dict[str, Any]:
         """Check everything a rotation needs before anything changes; stop here if there is nothing to do."""
         record = self.store.load().record
-        resuming = record.in_flight
+        resuming, due = record.in_flight, record.due
         if resuming:
             self.ownership.refuse_if_locked(record, run.run_id)
             log.info(
@@ -135,7 +135,7 @@ class Rotation:
         elif record.last_finished_run_id == run.run_id:
             raise RunNotNeeded(f"this run already rotated the key (now {record.key_id}); trigger a new run")
         else:
-            check_due(self.entry, self.identity, run, record)
+            due = check_due(self.entry, self.identity, run, record)
         strategy = record.strategy if resuming else run.strategy
         check_vault_token(self.entry, self.store, strategy or run.strategy, run.grace_hours)
         keys = self.identity.list_keys()
@@ -150,6 +150,7 @@ class Rotation:
             "strategy": strategy,
             "grace_hours": run.grace_hours if strategy == "rotate" else None,
             "resuming": resuming,
+            "due": due,
             "consumers": describe_all(consumers, today, run.updates),
         }
         log.info("Plan for %s: %s", self.entry.dag_id, plan)
@@ -191,6 +192,7 @@ class Rotation:
             grace_hours=run.grace_hours,
             until=now + self.entry.lock_ttl_seconds,
             finishes_lost_rotate=lost_rotate,
+            due=scheduled_due(self.entry, run, record, keys, key_id),
         )
         try:
             snapshot = self.store.save(intent, snapshot.version)

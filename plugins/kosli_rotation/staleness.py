@@ -34,7 +34,7 @@ from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.fingerprints import digest, short
 from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.key_store import MANAGED_BY, KeyStore, Phase
-from kosli_rotation.kosli_hook import KosliHook
+from kosli_rotation.kosli_hook import ApiKey, KosliHook
 from kosli_rotation.rotation import LOCK_TTL
 from kosli_rotation.scrub import one_line
 
@@ -54,6 +54,7 @@ class Finding:
     check: str  # "record", "age", "state" or "consumer <name>"
     message: str  # scrubbed: it may quote a remote's error, and goes to the log, XCom and notices
     problem: bool = True
+    notify: bool = True  # False: a problem announced before (an expiry warning between its thresholds)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "message", one_line(self.message))
@@ -106,6 +107,7 @@ class KeyHealth:
 
     entry: KeyEntry
     findings: list[Finding] = field(default_factory=list)
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)  # to write beside the record once notified
 
     @property
     def key(self) -> str:
@@ -203,7 +205,7 @@ def check_age(entry: KeyEntry, view: RecordView, *, now: float, kosli: KosliHook
     born, since = view.rotated_at, "its last rotation"
     if born is None:
         try:
-            born = kosli_created_at(entry, view, kosli)
+            born = kosli_key(entry, view, kosli).created_at
         except AgeUnknown as unknown:
             return [Finding("age", f"unknown: the key was never rotated by this tool, and {unknown}", unknown.problem)]
         except RotationError as error:
@@ -244,9 +246,9 @@ class AgeUnknown(Exception):
         self.problem = problem
 
 
-def kosli_created_at(entry: KeyEntry, view: RecordView, kosli: KosliHook) -> float:
-    """Kosli's ``created_at`` of the key in Vault, found by the record's key id, else the inventory's
-    ``key_id`` or ``key_label`` (as the rotation finds it). Raises ``AgeUnknown`` saying why not."""
+def kosli_key(entry: KeyEntry, view: RecordView, kosli: KosliHook) -> ApiKey:
+    """Kosli's present metadata of the key in Vault, found by the record's key id, else the inventory's ``key_id``
+    or ``key_label`` (as the rotation finds it). Raises ``AgeUnknown`` saying why not."""
     keys = kosli.list_keys(entry.org, entry.service_account)
     where = f"{entry.org}/{entry.service_account}"
     key_id = view.key_id or entry.key_id
@@ -254,11 +256,11 @@ def kosli_created_at(entry: KeyEntry, view: RecordView, kosli: KosliHook) -> flo
         found = next((key for key in keys if key.id == key_id), None)
         if found is None:
             raise AgeUnknown(f"Kosli does not list key {key_id} for {where}: is it revoked?", problem=True)
-        return found.created_at
+        return found
     if entry.key_label:
         matches = [key for key in keys if key.description == entry.key_label]
         if len(matches) == 1:
-            return matches[0].created_at
+            return matches[0]
         raise AgeUnknown(
             f"key_label {entry.key_label!r} matches {len(matches)} keys of {where}: set key_id in the inventory",
             problem=True,
@@ -385,8 +387,12 @@ def check_key(entry: KeyEntry, *, now: float | None = None) -> KeyHealth:
         return health
     source = "its metadata summary" if view.source == "metadata" else "the record itself (no current summary)"
     log.info("Record of %s read from %s: phase %r, key %s", health.key, source, view.state.value, view.key_id)
+    from kosli_rotation.staleness_expiry import check_expiry, check_grace
+
     checks = (
         ("age", lambda: check_age(entry, view, now=now, kosli=KosliHook(entry.kosli_conn_id))),
+        ("expiry", lambda: check_expiry(health, view, now=now, kosli=KosliHook(entry.kosli_conn_id))),
+        ("grace", lambda: check_grace(entry, view, now=now, store=store)),
         ("state", lambda: check_state(entry, view, now=now)),
         ("consumers", lambda: check_consumers(entry, view, store)),
     )

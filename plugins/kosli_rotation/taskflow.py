@@ -289,7 +289,9 @@ def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
             f"| Vault record | {entry.vault_mount or '(connection mount)'}/{entry.vault_path} "
             f"({entry.vault_conn_id}) |\n| Kosli connection | {entry.kosli_conn_id} |\n"
             f"| scheduled strategy | {entry.strategy} (grace {entry.grace_hours} h) |\n"
-            f"| due after | {entry.max_age_days} days (checked on `{entry.schedule}` UTC) |\n\n"
+            f"| due after | {entry.max_age_days} days, or {entry.expiry_lead_days} days before Kosli expires the key "
+            f"(checked on `{entry.schedule}` UTC) |\n| keys minted expire after | "
+            f"{f'{entry.key_ttl_days} days' if entry.key_ttl_days else 'never'} |\n\n"
             f"| consumer | kind |\n|---|---|\n{consumers}\n"
         ),
         schedule=CronTriggerTimetable(entry.schedule, timezone="UTC"),

@@ -99,6 +99,7 @@ def _worker_rules(inventory: Inventory, default_mount: str) -> Iterator[Rule]:
         )
         yield Rule(f"{mount}/data/{record}/consumers/*", READ_WRITE, "when each consumer was last verified")
         yield Rule(f"{mount}/metadata/{record}/consumers/", ("list",), "listing those")
+        yield Rule(f"{mount}/data/{record}/notices/*", READ_WRITE, "which expiry notices the staleness check sent")
         yield Rule(f"{mount}/data/{record}/audit/*", ("create", "read"), "audit entries: written once, never updated")
         yield Rule(f"{mount}/metadata/{record}/audit/", ("list",), "listing audit entries")
         yield Rule(f"{mount}/data/{record}/unclaimed/*", READ_WRITE, "minted keys parked after losing their fence")

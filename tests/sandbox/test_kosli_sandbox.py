@@ -321,6 +321,16 @@ def test_rotate_sets_the_new_expiry_and_revoke_kills_both_secrets(kosli: Kosli) 
     assert not kosli.works(kosli.ci) and not kosli.works(rotated["key"])
 
 
+def test_a_rotated_secret_stops_working_at_its_expiry_with_401(kosli: Kosli) -> None:
+    expires_at = math.ceil(time.time()) + 1
+    rotated = kosli.rotate(kosli.ci_id, expires_at=expires_at, grace_period_hours=720).json()
+    assert kosli.works(rotated["key"]) and kosli.works(kosli.ci), "the old secret is in its grace period"
+    time.sleep(max(0.0, expires_at - time.time()) + 0.05)
+    status = kosli.call("GET", "/environments/acme", rotated["key"]).status_code
+    assert status == 401, "Kosli's expiry kills the rotated secret"
+    assert kosli.works(kosli.ci), "the old secret lives on until its own grace end"
+
+
 @pytest.mark.parametrize("hours", [0, 721, "many", None, 1.5])
 def test_rotate_grace_period_validation(kosli: Kosli, hours: Any) -> None:
     response = kosli.rotate(kosli.ci_id, grace_period_hours=hours)
