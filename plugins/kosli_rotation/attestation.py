@@ -28,6 +28,14 @@ from kosli_rotation.scrub import describe_error
 
 log = logging.getLogger(__name__)
 
+
+class AttestationNotCompliant(VerificationError):
+    """Kosli holds the attestation but its rules do not pass: the evidence does not prove the rotation. A retry
+    would find the same attestation, so it is not retried."""
+
+    retryable = False
+
+
 TYPE_NAME = "kosli-key-rotation"
 TYPE_DESCRIPTION = "A Kosli API key rotated with zero downtime by kosli-key-rotation: proof the old key is dead"
 ATTESTATION_PREFIX = "key-rotation-"
@@ -230,7 +238,7 @@ class Attestation:
             "Rotation %s attested on Kosli trail %s/%s as %s: compliant=%s", rotation, flow, trail, name, compliant
         )
         if compliant is not True:
-            raise VerificationError(
+            raise AttestationNotCompliant(
                 f"Kosli holds the attestation {name} on {flow}/{trail}, but its rules do not pass: "
                 f"{[r for r in found.get('evaluation', []) if not r.get('passed')] or 'see it in Kosli'}"
             )
