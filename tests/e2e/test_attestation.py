@@ -11,8 +11,8 @@ from datetime import datetime
 
 import pytest
 
-from sandbox.secret_scan import find_secrets_in_text
-from tests.support.scenario import ORG
+from sandbox.secret_scan import find_secrets_in_database, find_secrets_in_files, find_secrets_in_text
+from tests.support.scenario import AIRFLOW_LOGS, ORG
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +30,13 @@ def trail_of(scenario) -> str:
     return f"{scenario.name}-{datetime.fromisoformat(finished).date().isoformat()}"
 
 
+def attest_returned_no_key(scenario, run, keys: list[str]) -> bool:
+    """What ``attest`` returned (the XCom tab): where the attestation is, never a key."""
+    returned = scenario.xcom(run, "attest")
+    assert returned["compliant"] is True and returned["trail"] == trail_of(scenario), returned
+    return not find_secrets_in_text(str(returned), keys)
+
+
 def sent_to_kosli(scenario) -> list[bytes]:
     """Every request body the attestation endpoints receive (a rule that records and never fires)."""
     bodies: list[bytes] = []
@@ -37,7 +44,7 @@ def sent_to_kosli(scenario) -> list[bytes]:
     return bodies
 
 
-def test_a_finished_rotation_appears_as_an_attestation_on_its_trail_whose_rules_pass(scenario):
+def test_a_finished_rotation_appears_as_an_attestation_on_its_trail_whose_rules_pass(scenario, capfd, airflow_db):
     scenario.write_inventory(attest={"flow": FLOW})
     bodies = sent_to_kosli(scenario)
 
@@ -66,6 +73,11 @@ def test_a_finished_rotation_appears_as_an_attestation_on_its_trail_whose_rules_
     assert bodies, "the tool talked to Kosli's attestation endpoints"
     assert not find_secrets_in_text(b"\n".join(bodies).decode(errors="replace"), keys), "a key was sent to Kosli"
     assert not find_secrets_in_text(str(attestation), keys)
+    assert attest_returned_no_key(scenario, run, keys)
+    output = capfd.readouterr()
+    assert not find_secrets_in_text(output.out + output.err, keys), "a key was printed"
+    assert find_secrets_in_database(airflow_db, keys) == []
+    assert find_secrets_in_files(AIRFLOW_LOGS, keys) == []
 
 
 def test_the_type_is_created_once_and_a_second_rotation_reuses_it(scenario):
