@@ -23,6 +23,7 @@ from airflow.sdk import chain
 from kosli_rotation.inventory import load_inventory
 from kosli_rotation.rotation import Rotation
 from kosli_rotation.taskflow import (
+    attest_step,
     broken_entry_dag,
     fail_the_run_if_any_step_failed,
     for_each_consumer_batch,
@@ -47,6 +48,7 @@ for entry in inventory.entries:
             step(rotation.revoke_old),
             step(rotation.confirm_old_key_dead),
             step(rotation.finalize),
+            *attest_step(entry),
         )
         fail_the_run_if_any_step_failed(dag)
     globals()[entry.dag_id] = dag

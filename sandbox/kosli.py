@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from sandbox.kosli_attestations import AttestationRoutes
 from sandbox.server import (
     Abort,
     InvalidJSONBody,
@@ -299,8 +300,9 @@ def _page(path: str, items: list[dict[str, Any]], page: int, per_page: int) -> d
     }
 
 
-class KosliSandbox(SandboxServer):
-    """Kosli's ``/api/v2`` service-account and API-key endpoints, environments probe and ``/ready``.
+class KosliSandbox(AttestationRoutes, SandboxServer):
+    """Kosli's ``/api/v2`` service-account and API-key endpoints, environments probe and ``/ready``; flows, trails
+    and custom attestations come from ``AttestationRoutes`` (``sandbox.kosli_attestations``).
 
     ``rotate_new_id=False`` keeps the key id on rotation (what a real server does); ``True`` emulates the
     other plausible design, where the new secret gets a new id and the old id lives on until its grace end.

@@ -55,6 +55,8 @@ def audit_entry(
         "old_key": {"id": record.outgoing_key_id, "fingerprint": fingerprint(record.outgoing_key or "")},
         "new_key": {"id": record.key_id, "fingerprint": fingerprint(record.key)},
         "stored_at": iso(record.rotated_at),
+        "grace_ends_at": iso(record.grace_ends_at),
+        "old_key_dead_at": iso(record.outgoing_dead_at),
         "history": [*record.history, f"{iso(now)} finished by {finished_by}"],
     }
 

@@ -205,12 +205,15 @@ class KosliHook(HttpHook):
         account = ("org", org), ("service account", service_account)
         return self._endpoint("service-accounts", *account, "api-keys", *rest)
 
-    def _send_once(self, method: str, endpoint: str, *, json: dict[str, Any] | None, token: str) -> requests.Response:
+    def _send_once(
+        self, method: str, endpoint: str, *, json: dict[str, Any] | None, token: str, files: Any = None
+    ) -> requests.Response:
         self.method = method
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         return self.run(
             endpoint=endpoint,
             json=json,
+            **({"files": files} if files is not None else {}),
             headers=headers,
             auth=_Bearer(token),
             extra_options={"check_response": False, "timeout": self.timeout, "allow_redirects": False},
@@ -225,13 +228,17 @@ class KosliHook(HttpHook):
         token: str | None = None,
         accept: tuple[int, ...] = (200, 201),
         mints_a_key: bool = False,
+        files: Any = None,
+        repeatable: bool = True,
     ) -> requests.Response:
-        """One logical call. Transient failures are retried, except where a retry could mint twice."""
+        """One logical call. Transient failures are retried, except where a retry could mint twice (or, with
+        ``repeatable=False``, post twice): those repeat only a 429, and the caller checks the present instead.
+        ``files`` makes it a multipart form (Kosli's flows, trails and attestations)."""
 
         bearer = self.admin_key() if token is None else token
 
         def attempt() -> requests.Response:
-            response = self._send_once(method, endpoint, json=json, token=bearer)
+            response = self._send_once(method, endpoint, json=json, token=bearer, files=files)
             if response.status_code in accept:
                 return response
             error = KosliApiError(response.status_code, error_message(response), method, "/" + endpoint)
@@ -239,7 +246,7 @@ class KosliHook(HttpHook):
             raise error
 
         def delay_for(error: Exception, attempt_number: int) -> float | None:
-            if mints_a_key:
+            if mints_a_key or not repeatable:
                 # A 429 is a refusal before any work was done, so it alone is safe to repeat.
                 if not (isinstance(error, KosliApiError) and error.status == 429):
                     return None

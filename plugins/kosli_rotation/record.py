@@ -79,6 +79,7 @@ class KeyRecord(BaseModel):
     grace_ends_at: float | None = None  # when Kosli kills the outgoing key by itself
     consumers_verified_at: float | None = None  # when every consumer was last proven to hold the key
     old_key_last_used_at: float | None = None  # Kosli's last_used_at of the outgoing key id at that moment
+    outgoing_dead_at: float | None = None  # when the outgoing key was proven dead (HTTP 401), for the audit
     note: str | None = None
     last_finished_run_id: str | None = None
     # One operation at a time, across runs and Airflow deployments: whoever holds an unexpired lock owns it.
@@ -273,9 +274,9 @@ class KeyRecord(BaseModel):
         """STORED -> OLD_KEY_REVOKED."""
         return self.model_copy(update={"state": Phase.OLD_KEY_REVOKED})
 
-    def dead(self) -> KeyRecord:
-        """OLD_KEY_REVOKED -> OLD_KEY_DEAD: the outgoing key got HTTP 401."""
-        return self.model_copy(update={"state": Phase.OLD_KEY_DEAD})
+    def dead(self, *, at: float | None = None) -> KeyRecord:
+        """OLD_KEY_REVOKED -> OLD_KEY_DEAD: the outgoing key got HTTP 401 (at ``at``)."""
+        return self.model_copy(update={"state": Phase.OLD_KEY_DEAD, "outgoing_dead_at": at})
 
     def finished(self, run_id: str, *, rotated_at: float | None) -> KeyRecord:
         """OLD_KEY_DEAD -> IDLE: the outgoing key is forgotten, and so is everything about the operation."""
@@ -299,6 +300,7 @@ class KeyRecord(BaseModel):
                 "steps_in_flight": {},
                 "consumers_verified_at": None,
                 "old_key_last_used_at": None,
+                "outgoing_dead_at": None,
             }
         )
 

@@ -319,7 +319,10 @@ class Rotation:
         old_fp = fingerprint(record.outgoing_key or "")
         if work:
             self.revocation.confirm_dead(record)
-            self.store.update_fenced(record.attempt, lambda r: r.dead() if r.state == Phase.OLD_KEY_REVOKED else None)
+            dead_at = time.time()
+            self.store.update_fenced(
+                record.attempt, lambda r: r.dead(at=dead_at) if r.state == Phase.OLD_KEY_REVOKED else None
+            )
         self.revocation.confirm_staying_works(record)
         log.info("Outgoing key %s (%s) gets HTTP 401; key %s gets 200", record.outgoing_key_id, old_fp, record.key_id)
         retired = self.engine.retire_superseded(record)

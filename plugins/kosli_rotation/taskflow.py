@@ -265,6 +265,28 @@ def fail_the_run_if_any_step_failed(dag: DAG) -> None:
             step_task >> watcher
 
 
+def attest_step(entry: KeyEntry) -> list[Any]:
+    """After ``finalize``, for entries with ``attest``: the rotation as a Kosli attestation. Its failure is
+    reported as such (the rotation stands), never through the rotation's own failure handling."""
+    if entry.attest is None:
+        return []
+    from kosli_rotation.attestation import Attestation, report_attestation_failure
+
+    attestation = Attestation(entry)
+
+    @task(
+        task_id="attest",
+        doc_md=Attestation.attest.__doc__,
+        on_failure_callback=lambda context: report_attestation_failure(entry, context),
+    )
+    def attest() -> dict[str, Any]:
+        context = get_current_context()
+        with airflow_outcome():
+            return scrub_data(attestation.attest(run_request(entry, context)))
+
+    return [attest()]
+
+
 def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:
     return WaitForGraceEnd(
         task_id="wait_grace",
