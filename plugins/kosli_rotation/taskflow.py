@@ -19,8 +19,11 @@ from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
 from kosli_rotation.notifications import notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
+from kosli_rotation.run_request import is_manual
 from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
 from kosli_rotation.sensors import WaitForGraceEnd
+from kosli_rotation.window_wait import WaitForRotationWindow
+from kosli_rotation.windows import restricted
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
     """Validate what this run asks for, before any call to Kosli. Bad input fails without retry."""
     dag_run = context["dag_run"]
     params = context["params"]
-    manual = str(getattr(dag_run.run_type, "value", dag_run.run_type)) != "scheduled"
+    manual = is_manual(dag_run)
     reason = str(params.get("reason") or "").strip()
     if manual and not reason:
         raise InvalidRequestError("parameter 'reason' is required for a manual rotation: say why you rotate now")
@@ -274,6 +277,13 @@ def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:
         observation_seconds=entry.usage_observation_seconds,
         doc_md=WaitForGraceEnd.__doc__,
     )
+
+
+def wait_for_rotation_window(entry: KeyEntry) -> list[WaitForRotationWindow]:
+    """The window wait, only for keys with a rotation_window or a blackout: other keys' DAGs are unchanged."""
+    if not restricted(entry):
+        return []
+    return [WaitForRotationWindow(task_id="wait_window", entry=entry, doc_md=WaitForRotationWindow.__doc__)]
 
 
 def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
