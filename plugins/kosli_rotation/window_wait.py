@@ -54,11 +54,13 @@ class WaitForRotationWindow(BaseSensorOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
         if event and event.get("queued_runs"):
-            raise AirflowSkipException(
+            reason = (
                 f"{event['queued_runs']} run(s) of this DAG were triggered while this scheduled run waited for the "
                 "rotation window: they go first (a manual rotation does not wait); nothing was changed, the next "
                 "scheduled check comes back on the schedule"
             )
+            self.log.info(reason)  # the skip's own message is not in the task log
+            raise AirflowSkipException(reason)
         self.log.info("The rotation window opened: checking again that the key is due")
         self._go_on_or_wait(context)
 

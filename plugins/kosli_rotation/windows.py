@@ -130,3 +130,18 @@ def _first_allowed(settings: LifecycleSettings, zone: ZoneInfo, start: datetime,
             return moment
         moment = first_moment(datetime.combine(day + timedelta(days=1), time(0)), zone)
     return None
+
+
+def window_summary(settings: LifecycleSettings, now: datetime, due: datetime | None = None) -> str | None:
+    """What the page says about a key's window: None without one; else the window and when the next scheduled
+    rotation can start (its next opening once the key is due, or from now when it is overdue)."""
+    if not restricted(settings):
+        return None
+    start = max(now, due) if due else now
+    try:
+        opening = next_opening(settings, start)
+    except NoOpeningError as error:
+        return f"window: {describe(settings)}; {error}"
+    if opening <= now:
+        return f"window: {describe(settings)}; window open now"
+    return f"window: {describe(settings)}; next opening {describe_moment(opening, settings)}"

@@ -92,3 +92,44 @@ def test_a_due_scheduled_run_outside_its_window_defers_holding_no_slot_and_rotat
     assert new_key != scenario.old_key
     assert scenario.probe(new_key) == 200
     assert scenario.probe(scenario.old_key) == 401
+
+
+def test_a_manual_run_triggered_while_a_scheduled_run_waits_goes_first_and_ignores_the_window(scenario, tmp_path):
+    """``max_active_runs`` is 1: the manual run queues behind the waiting scheduled run, which steps aside."""
+    due_and_windowed(scenario, datetime.now(UTC) + timedelta(hours=3))
+    with Deployment(tmp_path / "airflow") as airflow:
+        airflow.wait("the DAG to be parsed", lambda: scenario.dag_id in airflow.api.dag_ids())
+        airflow.api.unpause(scenario.dag_id)
+        scheduled = airflow.wait(
+            "the scheduler to make a scheduled run",
+            lambda: next((r for r in airflow.api.dag_runs(scenario.dag_id) if r["run_type"] == "scheduled"), None),
+        )["dag_run_id"]
+        airflow.wait(
+            "wait_window to defer",
+            lambda: airflow.task_states(scenario.dag_id, scheduled).get("wait_window", {}).get("state") == "deferred",
+        )
+
+        manual = airflow.api.trigger(scenario.dag_id, {"reason": "incident: the key leaked", "strategy": "replace"})
+        stepped_aside = airflow.wait(
+            "the scheduled run to step aside",
+            lambda: (r := airflow.api.dag_run(scenario.dag_id, scheduled))["state"] in ("success", "failed") and r,
+        )
+        finished = airflow.wait(
+            "the manual run to finish",
+            lambda: (r := airflow.api.dag_run(scenario.dag_id, manual))["state"] in ("success", "failed") and r,
+            timeout=420,
+        )
+        waiting = airflow.task_states(scenario.dag_id, scheduled)
+        tasks = airflow.task_states(scenario.dag_id, manual)
+        manual_log = "\n".join(airflow.api.task_log(scenario.dag_id, manual, tasks["wait_window"]))
+        scheduled_log = "\n".join(airflow.api.task_log(scenario.dag_id, scheduled, waiting["wait_window"]))
+
+    assert stepped_aside["state"] == "success"
+    assert waiting["wait_window"]["state"] == "skipped" and waiting["rotate_and_store"]["state"] == "skipped"
+    assert "they go first" in scheduled_log
+    assert finished["state"] == "success", {t: ti["state"] for t, ti in tasks.items()}
+    assert "manual run: rotation_window every day" in manual_log and "ignored" in manual_log
+    new_key = scenario.vault_record()["key"]
+    assert new_key != scenario.old_key and scenario.probe(new_key) == 200
+    assert scenario.probe(scenario.old_key) == 401
+    assert [entry["run_id"] for entry in scenario.audit_entries()] == [manual], "one rotation, by the manual run"
