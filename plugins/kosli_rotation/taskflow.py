@@ -23,7 +23,7 @@ from kosli_rotation.run_request import is_manual
 from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
 from kosli_rotation.sensors import WaitForGraceEnd
 from kosli_rotation.window_wait import WaitForRotationWindow
-from kosli_rotation.windows import restricted
+from kosli_rotation.windows import describe, restricted
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,8 @@ def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
             f"| Vault record | {entry.vault_mount or '(connection mount)'}/{entry.vault_path} "
             f"({entry.vault_conn_id}) |\n| Kosli connection | {entry.kosli_conn_id} |\n"
             f"| scheduled strategy | {entry.strategy} (grace {entry.grace_hours} h) |\n"
-            f"| due after | {entry.max_age_days} days (checked on `{entry.schedule}` UTC) |\n\n"
+            f"| due after | {entry.max_age_days} days (checked on `{entry.schedule}` UTC) |\n"
+            f"| scheduled rotations start | {describe(entry)} |\n\n"
             f"| consumer | kind |\n|---|---|\n{consumers}\n"
         ),
         schedule=CronTriggerTimetable(entry.schedule, timezone="UTC"),

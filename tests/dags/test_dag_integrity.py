@@ -140,6 +140,7 @@ def test_a_key_with_a_window_or_blackout_waits_for_it_after_preflight_and_others
         assert type(wait).__name__ == "WaitForRotationWindow"
         assert "any_step_failed" in wait.downstream_task_ids, "a failed wait fails the run"
         assert wait.retries >= 1
+    assert "| scheduled rotations start | tue 09:00-16:00 Europe/Oslo |" in dags["rotate_kosli_key_windowed"].doc_md
     assert step_order(dags["rotate_kosli_key_plain"]) == STEPS
     assert "wait_window" not in dags["rotate_kosli_key_plain"].task_ids
 
