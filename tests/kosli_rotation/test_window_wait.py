@@ -102,3 +102,43 @@ def test_the_trigger_serializes_to_an_importable_class_and_fires_at_the_opening(
 
     assert time.monotonic() - started >= 0.15
     assert event.payload == {"key": "ci-bot", "window_opened_at": kwargs["opens_at"]}
+
+
+def open_now() -> KeyEntry:
+    """A window open at the moment (every day, UTC, from the last hour to two hours from now)."""
+    start = datetime.now(UTC) - timedelta(hours=1)
+    end = start + timedelta(hours=3)
+    return entry_with_window(f"{start:%H}:00-{end:%H}:00")
+
+
+def scheduled_context() -> dict:
+    return {**context("scheduled"), "params": {}}
+
+
+def test_a_trigger_that_fired_after_the_window_closed_waits_for_the_next_opening(idle_record):
+    with pytest.raises(TaskDeferred) as deferred:
+        WaitForRotationWindow(task_id="wait_window", entry=closed_now()).execute_complete(
+            scheduled_context(), event={"key": "ci-bot", "window_opened_at": time.time() - 86400}
+        )
+    assert deferred.value.trigger.opens_at > time.time()
+
+
+def test_at_the_opening_a_key_rotated_meanwhile_is_no_longer_due_and_nothing_happens(vault_mount):
+    store = KeyStore(RECORD)
+    store.client.secrets.kv.v2.create_or_update_secret(
+        path=RECORD, secret={"key": "k" * 43, "rotated_at": time.time() - 3600}, mount_point=store.mount
+    )
+    with pytest.raises(AirflowSkipException, match="due after 90 days"):
+        WaitForRotationWindow(task_id="wait_window", entry=open_now()).execute_complete(
+            scheduled_context(), event={"key": "ci-bot", "window_opened_at": time.time()}
+        )
+
+
+def test_at_the_opening_a_key_still_due_goes_on(vault_mount):
+    store = KeyStore(RECORD)
+    store.client.secrets.kv.v2.create_or_update_secret(
+        path=RECORD, secret={"key": "k" * 43, "rotated_at": time.time() - 100 * 86400}, mount_point=store.mount
+    )
+    WaitForRotationWindow(task_id="wait_window", entry=open_now()).execute_complete(
+        scheduled_context(), event={"key": "ci-bot", "window_opened_at": time.time()}
+    )
