@@ -8,6 +8,8 @@ everywhere, **waits out the grace period** without holding a worker slot, then m
 
 * Scheduled runs check every day whether the key has reached its maximum age, and rotate it then
   (strategy `rotate`: the old key dies when Kosli's grace period ends).
+* Keys with a `rotation_window` or a `blackout`: a due scheduled run outside the window waits for it in
+  `wait_window`, deferred (no worker slot held), then checks again that the key is due. Manual runs never wait.
 * Manual runs (after an incident or an offboarding) rotate now. They ask for a reason and default
   to strategy `replace`: a new key, and the old key revoked as soon as every consumer has the new one.
 * Every step can be retried or cleared safely: the rotation's state lives in the key's Vault record,
@@ -31,6 +33,7 @@ from kosli_rotation.taskflow import (
     rotation_dag,
     step,
     wait_for_grace_end,
+    wait_for_rotation_window,
 )
 
 inventory = load_inventory()
@@ -40,6 +43,7 @@ for entry in inventory.entries:
     with rotation_dag(entry, doc_md=__doc__) as dag:
         chain(
             step(rotation.preflight),
+            *wait_for_rotation_window(entry),
             step(rotation.rotate_and_store),
             step(rotation.verify_new_key),
             *for_each_consumer_batch(rotation.fan_out, rotation.verify_consumers),

@@ -21,7 +21,9 @@ from urllib.parse import quote
 from kosli_rotation.consumers import build_consumer
 from kosli_rotation.dashboard_access import DagFilter, PageVault, PageVaultMissing
 from kosli_rotation.inventory import BrokenEntry, KeyEntry, load_inventory
+from kosli_rotation.lifecycle import LifecycleSettings
 from kosli_rotation.scrub import describe_error, scrub
+from kosli_rotation.windows import window_summary
 
 #: Task ids that only summarise other failures: a link to them would not say what broke.
 WATCHER_TASKS = frozenset({"any_step_failed"})
@@ -78,6 +80,8 @@ class KeyRow:
     run: LatestRun | None = None
     consumers: list[ConsumerState] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: The key's rotation window and blackouts (from the inventory), for when its next rotation can start.
+    lifecycle: LifecycleSettings | None = None
 
     @property
     def next_due(self) -> float | None:
@@ -137,6 +141,7 @@ def key_row(entry: KeyEntry, read_run: RunReader, vault: PageVault) -> KeyRow:
         max_age_days=entry.max_age_days,
         expiry_lead_days=entry.expiry_lead_days,
         consumers=[ConsumerState(config.name, config.kind, _proof(config)) for config in entry.consumers],
+        lifecycle=entry,
     )
     try:
         summary = {name: _text(value) for name, value in vault.summary(entry).items()}
@@ -314,9 +319,14 @@ def render_row(row: KeyRow, now: float) -> str:
     due, rule = row.next_due_by
     due_text = "-" if due is None else _when(due) + (" (overdue)" if due < now else f" (in {_duration(due - now)})")
     if due is not None:
-        due_text += f"<br><small>by {rule}</small>"
+        due_text += f"<br><small>by {escape(rule)}</small>"
     if row.key_expires_at:
         due_text += f"<br><small>Kosli expires the key {_when(row.key_expires_at)}</small>"
+    window = row.lifecycle and window_summary(
+        row.lifecycle, datetime.fromtimestamp(now, UTC), datetime.fromtimestamp(due, UTC) if due else None
+    )
+    if window:
+        due_text += f'<br><small class="window">{escape(window)}</small>'
     grace = "-"
     if row.grace_ends_at and row.phase == "stored" and row.strategy:
         left = row.grace_ends_at - now

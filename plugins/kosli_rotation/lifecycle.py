@@ -41,6 +41,17 @@ class RotationWindow(BaseModel):
     hours: str = Field(default="00:00-24:00", description="'HH:MM-HH:MM', local time; may cross midnight.")
     timezone: str = "UTC"
 
+    @field_validator("hours", mode="before")
+    @classmethod
+    def _hours_is_text(cls, hours: object) -> object:
+        """YAML 1.1 reads an unquoted ``10:00`` as the base-60 number 600: say so, not "a valid string"."""
+        if isinstance(hours, int | float) and not isinstance(hours, bool):
+            raise ValueError(
+                f"{hours!r} is a number, not 'HH:MM-HH:MM': YAML reads unquoted times as numbers; quote them: "
+                'hours: "09:00-16:00"'
+            )
+        return hours
+
     @field_validator("hours")
     @classmethod
     def _hours(cls, hours: str) -> str:

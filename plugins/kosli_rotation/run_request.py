@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,8 @@ class RunRequest:
 
     def updates(self, consumer: str) -> bool:
         return self.consumers is None or consumer in self.consumers
+
+
+def is_manual(dag_run: Any) -> bool:
+    """Anything but the scheduler's own runs counts as manual: someone asked for this rotation now."""
+    return str(getattr(dag_run.run_type, "value", dag_run.run_type)) != "scheduled"

@@ -19,8 +19,11 @@ from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
 from kosli_rotation.notifications import notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
+from kosli_rotation.run_request import is_manual
 from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
 from kosli_rotation.sensors import WaitForGraceEnd
+from kosli_rotation.window_wait import WaitForRotationWindow
+from kosli_rotation.windows import describe, restricted
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +128,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
     """Validate what this run asks for, before any call to Kosli. Bad input fails without retry."""
     dag_run = context["dag_run"]
     params = context["params"]
-    manual = str(getattr(dag_run.run_type, "value", dag_run.run_type)) != "scheduled"
+    manual = is_manual(dag_run)
     reason = str(params.get("reason") or "").strip()
     if manual and not reason:
         raise InvalidRequestError("parameter 'reason' is required for a manual rotation: say why you rotate now")
@@ -298,6 +301,13 @@ def wait_for_grace_end(entry: KeyEntry) -> WaitForGraceEnd:
     )
 
 
+def wait_for_rotation_window(entry: KeyEntry) -> list[WaitForRotationWindow]:
+    """The window wait, only for keys with a rotation_window or a blackout: other keys' DAGs are unchanged."""
+    if not restricted(entry):
+        return []
+    return [WaitForRotationWindow(task_id="wait_window", entry=entry, doc_md=WaitForRotationWindow.__doc__)]
+
+
 def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
     """The DAG shell for one key: a daily due check, one run at a time, retries with backoff."""
     consumers = "\n".join(f"| {c.name} | {c.kind} |" for c in entry.consumers) or "| (none) | |"
@@ -313,7 +323,8 @@ def rotation_dag(entry: KeyEntry, *, doc_md: str) -> DAG:
             f"| scheduled strategy | {entry.strategy} (grace {entry.grace_hours} h) |\n"
             f"| due after | {entry.max_age_days} days, or {entry.expiry_lead_days} days before Kosli expires the key "
             f"(checked on `{entry.schedule}` UTC) |\n| keys minted expire after | "
-            f"{f'{entry.key_ttl_days} days' if entry.key_ttl_days else 'never'} |\n\n"
+            f"{f'{entry.key_ttl_days} days' if entry.key_ttl_days else 'never'} |\n"
+            f"| scheduled rotations start | {describe(entry)} |\n\n"
             f"| consumer | kind |\n|---|---|\n{consumers}\n"
         ),
         schedule=CronTriggerTimetable(entry.schedule, timezone="UTC"),

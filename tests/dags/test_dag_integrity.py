@@ -108,6 +108,43 @@ def test_a_dag_is_one_task_per_step_in_order(no_network, inventory, monkeypatch)
     assert {task.pool for task in dag.tasks} == {"default_pool"}, "no pool unless the inventory names one"
 
 
+def step_order(dag) -> list[str]:
+    order, task = [], dag.get_task("preflight")
+    while task is not None:
+        order.append(task.task_id)
+        downstream = [t for t in task.downstream_list if t.task_id != "any_step_failed"]
+        assert len(downstream) <= 1, f"{task.task_id} fans out to {downstream}"
+        task = downstream[0] if downstream else None
+    return order
+
+
+def test_a_key_with_a_window_or_blackout_waits_for_it_after_preflight_and_others_do_not(
+    no_network, inventory, monkeypatch
+):
+    inventory(
+        {
+            "keys": [
+                entry("windowed", rotation_window={"days": ["tue"], "hours": "09:00-16:00", "timezone": "Europe/Oslo"}),
+                entry("blacked-out", blackout=["2026-12-20..2027-01-03"]),
+                entry("plain"),
+            ]
+        }
+    )
+    dags = parse_dags(monkeypatch).dags
+
+    with_wait = [*STEPS[:1], "wait_window", *STEPS[1:]]
+    for dag_id in ("rotate_kosli_key_windowed", "rotate_kosli_key_blacked-out"):
+        dag = dags[dag_id]
+        assert step_order(dag) == with_wait
+        wait = dag.get_task("wait_window")
+        assert type(wait).__name__ == "WaitForRotationWindow"
+        assert "any_step_failed" in wait.downstream_task_ids, "a failed wait fails the run"
+        assert wait.retries >= 1
+    assert "| scheduled rotations start | tue 09:00-16:00 Europe/Oslo |" in dags["rotate_kosli_key_windowed"].doc_md
+    assert step_order(dags["rotate_kosli_key_plain"]) == STEPS
+    assert "wait_window" not in dags["rotate_kosli_key_plain"].task_ids
+
+
 def test_a_pool_named_in_the_inventory_holds_every_task_of_the_key(no_network, inventory, monkeypatch):
     inventory({"keys": [entry("ci-bot", pool="kosli_rotation")]})
 

@@ -368,3 +368,52 @@ def test_without_a_base_url_the_api_is_the_servers_own_host_and_port(monkeypatch
     assert api_base_url() == "http://10.1.2.3:9123"
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/sub/")
     assert api_base_url() == "https://airflow.example.com/sub"
+
+
+def test_a_key_with_a_rotation_window_shows_when_its_next_rotation_can_start(monkeypatch):
+    from datetime import UTC, datetime
+
+    monkeypatch.delenv(PAGE_CONN, raising=False)
+    entry = KeyEntry.model_validate(
+        {
+            "name": "ci-bot",
+            "org": "acme",
+            "service_account": "ci-bot",
+            "key_label": "ci",
+            "vault_path": "kosli/acme/ci-bot",
+            "rotation_window": {"days": ["tue", "wed"], "hours": "09:00-16:00", "timezone": "Europe/Oslo"},
+            "blackout": ["2026-12-20..2027-01-03"],
+        }
+    )
+    row = key_row(entry, lambda dag_id: None, PageVault())
+    # Due on Saturday 2026-12-19; the first allowed moment after it is after the blackout: Tue 2027-01-05 09:00 CET.
+    row.rotated_at = datetime(2026, 12, 19, 12, tzinfo=UTC).timestamp() - 90 * 86400
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()
+
+    page = render_page([row], now=now)
+
+    assert "window: tue, wed 09:00-16:00 Europe/Oslo; blackout 2026-12-20..2027-01-03 (Europe/Oslo)" in page
+    assert "next opening 2027-01-05 09:00 CET (2027-01-05 08:00 UTC)" in page
+
+
+def test_a_key_without_window_shows_none_and_an_overdue_windowed_key_its_next_opening_from_now():
+    from datetime import UTC, datetime
+
+    from kosli_rotation.lifecycle import LifecycleSettings
+
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp()  # a Tuesday, 13:00 in Oslo: inside the window
+    plain = KeyRow(name="plain", dag_id="rotate_kosli_key_plain", max_age_days=90, rotated_at=now - 100 * 86400)
+    windowed = KeyRow(
+        name="windowed",
+        dag_id="rotate_kosli_key_windowed",
+        max_age_days=90,
+        rotated_at=now - 100 * 86400,
+        lifecycle=LifecycleSettings.model_validate(
+            {"rotation_window": {"days": ["tue"], "hours": "09:00-16:00", "timezone": "Europe/Oslo"}}
+        ),
+    )
+
+    page = render_page([plain, windowed], now=now)
+
+    assert page.count("window:") == 1
+    assert "window open now" in page

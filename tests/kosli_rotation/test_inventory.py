@@ -373,3 +373,64 @@ def test_a_few_anchors_and_aliases_are_fine(tmp_path):
     )
     (entry_a,) = load_inventory(write(tmp_path, text)).entries
     assert entry_a.grace_hours == 48
+
+
+WINDOW_ENTRY = """keys:
+  - name: ci-bot
+    org: acme
+    service_account: ci-bot
+    key_label: ci
+    vault_path: kosli/acme/ci-bot
+    {field}
+"""
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        # YAML 1.1 reads an unquoted 10:00 as the base-60 number 600.
+        (
+            "rotation_window: {days: [tue], hours: 10:00, timezone: UTC}",
+            "keys[0] (ci-bot): rotation_window.hours: Value error, 600 is a number, not 'HH:MM-HH:MM': YAML reads "
+            'unquoted times as numbers; quote them: hours: "09:00-16:00"',
+        ),
+        (
+            "rotation_window: {hours: '9-17'}",
+            "keys[0] (ci-bot): rotation_window.hours: Value error, '9-17' is not 'HH:MM-HH:MM'",
+        ),
+        (
+            "rotation_window: {hours: '16:00-16:00'}",
+            "keys[0] (ci-bot): rotation_window.hours: Value error, '16:00-16:00' is an empty span",
+        ),
+        (
+            "rotation_window: {days: [tuesday]}",
+            "keys[0] (ci-bot): rotation_window.days[0]: Input should be 'mon', 'tue'",
+        ),
+        (
+            "rotation_window: {timezone: Europe/Olso}",
+            "keys[0] (ci-bot): rotation_window.timezone: Value error, 'Europe/Olso' is not an IANA time zone",
+        ),
+        (
+            "blackout: [2026-12-24, 20261231]",
+            "keys[0] (ci-bot): blackout: Value error, 20261231 is not a date ('2026-12-24') or a range",
+        ),
+        (
+            "blackout: ['2027-01-03..2026-12-20']",
+            "keys[0] (ci-bot): blackout: Value error, '2027-01-03..2026-12-20' ends before it starts",
+        ),
+    ],
+)
+def test_a_bad_rotation_window_or_blackout_names_the_entry_and_field(tmp_path, field, expected):
+    inventory = load_inventory(write(tmp_path, WINDOW_ENTRY.format(field=field)))
+
+    assert not inventory.entries
+    assert any(expected in problem for problem in inventory.broken[0].problems), inventory.broken[0].problems
+
+
+def test_unquoted_blackout_dates_and_a_quoted_window_are_accepted(tmp_path):
+    window = 'rotation_window: {days: [tue, wed], hours: "22:00-02:00", timezone: Europe/Oslo}'
+    field = window + "\n    blackout: [2026-12-24]"
+    (entry,) = load_inventory(write(tmp_path, WINDOW_ENTRY.format(field=field))).entries
+
+    assert entry.rotation_window.span[0].hour == 22
+    assert entry.blackout[0].covers(__import__("datetime").date(2026, 12, 24))
