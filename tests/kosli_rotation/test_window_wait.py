@@ -123,10 +123,11 @@ def test_a_trigger_that_fired_after_the_window_closed_waits_for_the_next_opening
     assert deferred.value.trigger.opens_at > time.time()
 
 
-def test_at_the_opening_a_key_rotated_meanwhile_is_no_longer_due_and_nothing_happens(vault_mount):
+def test_at_the_opening_a_key_rotated_meanwhile_is_no_longer_due_and_nothing_happens(scenario):
+    # The due check asks Kosli for the key's present expiry, so the record holds the sandbox's real key.
     store = KeyStore(RECORD)
     store.client.secrets.kv.v2.create_or_update_secret(
-        path=RECORD, secret={"key": "k" * 43, "rotated_at": time.time() - 3600}, mount_point=store.mount
+        path=RECORD, secret={"key": scenario.old_key, "rotated_at": time.time() - 3600}, mount_point=store.mount
     )
     with pytest.raises(AirflowSkipException, match="due after 90 days"):
         WaitForRotationWindow(task_id="wait_window", entry=open_now()).execute_complete(
@@ -134,10 +135,10 @@ def test_at_the_opening_a_key_rotated_meanwhile_is_no_longer_due_and_nothing_hap
         )
 
 
-def test_at_the_opening_a_key_still_due_goes_on(vault_mount):
+def test_at_the_opening_a_key_still_due_goes_on(scenario):
     store = KeyStore(RECORD)
     store.client.secrets.kv.v2.create_or_update_secret(
-        path=RECORD, secret={"key": "k" * 43, "rotated_at": time.time() - 100 * 86400}, mount_point=store.mount
+        path=RECORD, secret={"key": scenario.old_key, "rotated_at": time.time() - 100 * 86400}, mount_point=store.mount
     )
     WaitForRotationWindow(task_id="wait_window", entry=open_now()).execute_complete(
         scheduled_context(), event={"key": "ci-bot", "window_opened_at": time.time()}
