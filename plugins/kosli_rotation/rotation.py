@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
+from kosli_rotation.attention import admit, count_failed_run, refused_by_budget, resumed
 from kosli_rotation.consumer_engine import ConsumerEngine, describe_all, for_each_consumer, plan_line
 from kosli_rotation.errors import ConcurrentWriteError, ConsumerError, RunNotNeeded, VerificationError
 from kosli_rotation.facts import audit_entry, audit_name, failure_facts, key_reference
@@ -121,6 +122,8 @@ class Rotation:
     def preflight(self, run: RunRequest) -> dict[str, Any]:
         """Check everything a rotation needs before anything changes; stop here if there is nothing to do."""
         record = self.store.load().record
+        if admit(self.entry, record, run, dag_id=self.dag_id, now=time.time()):
+            record = self.store.update(lambda r: resumed(r, run.triggered_by, run.run_id)).record
         resuming = record.in_flight
         if resuming:
             self.ownership.refuse_if_locked(record, run.run_id)
@@ -264,6 +267,7 @@ class Rotation:
         """The gate before any revocation: every consumer is proven, by this run, to hold the current key."""
         if self.store.load().record.state not in AFTER_STORE:
             raise RunNotNeeded("no new key is stored, so there is nothing to gate (an earlier step failed)")
+        refused_by_budget(self.entry, self.store.load().record, time.time())
         record, work = self._owned(run, "all_consumers_verified")
         if not work:
             return {"consumers": len(self.entry.consumers), "verified_at": iso(record.consumers_verified_at)}
@@ -381,16 +385,18 @@ class Rotation:
             error=message,
             unverified=unverified,
         )
-        if not record.in_flight:
-            return facts
-        if operation and record.operation != operation:
+        if record.in_flight and operation and record.operation != operation:
             facts.update(
                 changed=False, todo=f"Nothing changed: read the error, then trigger {self.dag_id} again if needed."
             )
             return facts
-        if record.locked_by_other(owner, self.store.vault_now()):
+        if record.in_flight and record.locked_by_other(owner, self.store.vault_now()):
             facts["todo"] = f"Nothing to do here: the {record.operation} in flight belongs to {record.lock_owner}."
             facts["changed"] = False
+            return facts
+        if operation is None:  # the retry budget is for rotations (attention.py); a rollback is a person's run
+            facts.update(count_failed_run(self.store, self.identity, self.entry, run_id, step_name, facts))
+        if not record.in_flight:
             return facts
         self.store.update(lambda r: r.failed(owner, step_name, message, facts["todo"]) if r.in_flight else None)
         return facts

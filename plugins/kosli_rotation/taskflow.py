@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, chain, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from kosli_rotation.attention import AttentionRequired
 from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
-from kosli_rotation.notifications import notify_failure
+from kosli_rotation.notifications import notify_attention, notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
 from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
 from kosli_rotation.sensors import WaitForGraceEnd
@@ -31,9 +32,16 @@ def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
 
     def record(context: Any) -> None:
         task_id = context["task_instance"].task_id
+        if isinstance(context.get("exception"), AttentionRefusal):
+            log.error("Nothing was tried, so this run is not counted as a failed run of the rotation")
+            return
         facts = Rotation(entry).record_failure(context["dag_run"].run_id, task_id, context.get("exception"))
         log.error("Rotation of %s failed at %s. %s", facts["key"], task_id, facts["todo"])
-        notify_failure(entry.notify, facts, context)
+        if facts.get("needs_attention"):
+            log.error("The retry budget is spent: %s", facts["needs_attention"]["resume"])
+            notify_attention(entry.notify, facts["needs_attention"], context)
+        else:
+            notify_failure(entry.notify, facts, context)
 
     return record
 
@@ -97,6 +105,13 @@ def trigger_form(entry: KeyEntry) -> dict[str, Param]:
             description="'replace' only: revoke the old key although Kosli saw it used after every listed consumer "
             "had the new key (something unlisted may break). Use it once you have found and fixed that user.",
         ),
+        "resume_after_attention": Param(
+            False,
+            type="boolean",
+            title="Resume after attention",
+            description="Manual runs only: resume a rotation that failed max_failed_attempts runs and waits for a "
+            "person (needs attention). Fix the cause first; the run continues from where the rotation stopped.",
+        ),
         "dry_run": Param(
             False,
             type="boolean",
@@ -135,7 +150,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
     grace = params.get("grace_hours") if manual else entry.grace_hours
     if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= 720:
         raise InvalidRequestError(f"parameter 'grace_hours' must be a whole number from 1 to 720, not {grace!r}")
-    for flag in ("force", "dry_run", "revoke_despite_recent_use"):
+    for flag in ("force", "dry_run", "revoke_despite_recent_use", "resume_after_attention"):
         if not isinstance(params.get(flag, False), bool):
             raise InvalidRequestError(f"parameter {flag!r} must be true or false, not {params.get(flag)!r}")
     return RunRequest(
@@ -147,6 +162,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
         revoke_despite_recent_use=bool(params.get("revoke_despite_recent_use")) if manual else False,
+        resume_after_attention=bool(params.get("resume_after_attention")) if manual else False,
         triggered_by=getattr(dag_run, "triggering_user_name", None) or ("scheduler" if not manual else "unknown"),
         consumers=chosen_consumers(entry, params.get("consumers")) if manual else None,
     )
@@ -167,6 +183,10 @@ def chosen_consumers(entry: KeyEntry, chosen: Any) -> frozenset[str] | None:
     return frozenset(chosen)
 
 
+class AttentionRefusal(AirflowFailException):
+    """A manual run refused because the rotation needs attention: the failure callback does not count it."""
+
+
 @contextmanager
 def airflow_outcome() -> Iterator[None]:
     """Map the library's signals to Airflow's: skip, fail without retry, or fail and retry. What an error says
@@ -175,6 +195,8 @@ def airflow_outcome() -> Iterator[None]:
         yield
     except RunNotNeeded as reason:
         raise AirflowSkipException(scrub(str(reason))) from None
+    except AttentionRequired as refusal:
+        raise AttentionRefusal(describe_error(refusal)) from None
     except RotationError as error:
         if not error.retryable:
             raise AirflowFailException(describe_error(error)) from None
