@@ -26,8 +26,8 @@ from typing import Any
 
 from kosli_rotation.errors import InvalidRequestError, RunNotNeeded
 from kosli_rotation.inventory import KeyEntry
-from kosli_rotation.key_identity import KeyIdentity
 from kosli_rotation.key_store import KeyStore
+from kosli_rotation.kosli_hook import ApiKey
 from kosli_rotation.record import AFTER_STORE, KeyRecord, Phase, iso
 from kosli_rotation.run_request import RunRequest
 from kosli_rotation.scrub import one_line
@@ -43,23 +43,18 @@ class AttentionRequired(InvalidRequestError):
     """A manual run found the rotation waiting for a person and was not told to resume it. Not a failed run."""
 
 
-def watched_key_id(record: KeyRecord) -> str | None:
-    """The key consumers may still be on: the outgoing key until every consumer is proven on the new one."""
+def watched_key_id(record: KeyRecord, current_key_id: str | None = None) -> str | None:
+    """The key consumers may still be on: the key in use (``current_key_id`` if the record does not name it yet),
+    then the outgoing key until every consumer is proven to hold the new one."""
     if record.state in AFTER_STORE:
         return record.outgoing_key_id if record.state == Phase.STORED and not record.consumers_verified_at else None
-    return record.key_id
+    return record.key_id or current_key_id
 
 
-def watched_key_expiry(identity: KeyIdentity, record: KeyRecord) -> float | None:
-    """Kosli's expires_at of ``watched_key_id`` (None: never, unknown, or Kosli could not say now)."""
-    key_id = watched_key_id(record)
-    if not key_id:
-        return None
-    try:
-        expires = next((key.expires_at for key in identity.list_keys() if key.id == key_id), 0)
-    except Exception as error:  # a failure callback must not fail: keep what the record knew
-        log.warning("Could not read Kosli's expiry of key %s for the retry budget: %s", key_id, one_line(error))
-        return record.key_expires_at
+def watched_key_expiry(keys: list[ApiKey], record: KeyRecord, current_key_id: str | None) -> float | None:
+    """Kosli's expires_at of ``watched_key_id`` in ``keys`` (preflight's listing); None: never, or not listed."""
+    key_id = watched_key_id(record, current_key_id)
+    expires = next((key.expires_at for key in keys if key.id == key_id), 0) if key_id else 0
     return float(expires) if expires else None
 
 
@@ -87,10 +82,10 @@ def dying_key(entry: KeyEntry, record: KeyRecord, now: float) -> str | None:
             f"itself at {iso(dies)} (the grace end of the 'rotate') and not every consumer is proven to hold the "
             "new key"
         )
-    expires, key_id = record.key_expires_at, watched_key_id(record)
+    expires, key_id = record.key_expires_at, watched_key_id(record, "in use")
     if key_id and expires and expires - entry.expiry_lead_days * 86400 <= now:
         return (
-            f"Kosli expires key {key_id}, which consumers may still use, at {iso(expires)}: within expiry_lead_days "
+            f"Kosli expires the key consumers may still use ({key_id}) at {iso(expires)}, within expiry_lead_days "
             f"({entry.expiry_lead_days})"
         )
     return None
@@ -112,26 +107,26 @@ def how_to_resume(dag_id: str, record: KeyRecord) -> str:
     )
 
 
-def admit(entry: KeyEntry, record: KeyRecord, run: RunRequest, *, dag_id: str, now: float) -> bool:
-    """May this run try? True: it resumes a rotation that needs attention (the caller clears the flag).
-    Raises ``RunNotNeeded`` (a scheduled run: skipped) or ``AttentionRequired`` (a manual run) when the budget
-    blocks it; neither counts as a failed run."""
+def admit(entry: KeyEntry, store: KeyStore, record: KeyRecord, run: RunRequest, *, dag_id: str) -> KeyRecord:
+    """Preflight's first check, before any call to Kosli: may this run try? Returns the record to go on with (the
+    budget reset when a person resumes). Raises ``RunNotNeeded`` (a scheduled run: skipped) or ``AttentionRequired``
+    (a manual run) when the budget blocks it; neither counts as a failed run."""
     where = f"{entry.org}/{entry.service_account}"
     if record.needs_attention_since is None:
         if run.resume_after_attention:
             log.info("%s: the rotation of %s does not need attention; this run goes on as usual", RESUME_PARAM, where)
-        return False
+        return record
     spent = spent_line(where, record)
     if run.manual and run.resume_after_attention and run.dry_run:
         log.warning("%s; a dry run does not resume it: without dry_run, this run would", spent)
-        return False
+        return record
     if run.manual and run.resume_after_attention:
         log.warning("%s; resumed by %s with %s: the budget starts again", spent, run.triggered_by, RESUME_PARAM)
-        return True
-    dying = dying_key(entry, record, now)
+        return store.update(lambda r: resumed(r, run.triggered_by, run.run_id)).record
+    dying = dying_key(entry, record, time.time())
     if dying:
         log.warning("%s, but %s: the retry budget never blocks that, so this run tries anyway", spent, dying)
-        return False
+        return record
     if run.manual:
         raise AttentionRequired(f"{spent}. This run changed nothing: {how_to_resume(dag_id, record)}")
     raise RunNotNeeded(
@@ -167,23 +162,30 @@ def notice_facts(record: KeyRecord, facts: dict[str, Any], entry: KeyEntry, now:
     }
 
 
-def attention_findings(record: KeyRecord, entry: KeyEntry, now: float) -> list[tuple[str, bool]]:
-    """What the daily staleness check says about the budget: (message, is a problem)."""
+def attention_findings(entry: KeyEntry, store: KeyStore, now: float) -> list[tuple[str, bool]]:
+    """What the daily staleness check says about the retry budget: (message, is a problem)."""
+    record = store.load().record
     if record.needs_attention_since is None:
         return [(f"{len(record.failed_runs)} failed run(s) of {entry.max_failed_attempts} allowed", False)]
     dying = dying_key(entry, record, now)
-    tail = f" Scheduled runs keep trying: {dying}." if dying else " Scheduled runs do not try."
-    return [(spent_line(entry.org + "/" + entry.service_account, record) + "." + tail, True)]
+    tail = f"scheduled runs keep trying: {dying}" if dying else "scheduled runs do not try"
+    return [
+        (
+            f"{spent_line(entry.org + '/' + entry.service_account, record)}; {tail}. To do: "
+            f"{how_to_resume(entry.dag_id, record)}",
+            True,
+        )
+    ]
 
 
 def count_failed_run(
-    store: KeyStore, identity: KeyIdentity, entry: KeyEntry, run_id: str, step: str, facts: dict[str, Any]
+    store: KeyStore, entry: KeyEntry, run_id: str, step: str, facts: dict[str, Any], expires: float | None
 ) -> dict[str, Any]:
-    """Count this failed run in the record. Returns ``{"needs_attention": notice facts}`` when it spent the budget
-    (the caller sends that one notice instead of the failure notice), else {}."""
+    """Count this failed run in the record, with the watched key's expiry as this run's preflight saw it (None:
+    keep what the record knew). Returns ``{"needs_attention": notice facts}`` when it spent the budget (the caller
+    sends that one notice instead of the failure notice), else {}."""
     before = store.load().record
     now = time.time()
-    expires = watched_key_expiry(identity, before)
     after = store.update(
         lambda r: with_failed_run(
             r,

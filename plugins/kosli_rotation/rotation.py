@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
-from kosli_rotation.attention import admit, count_failed_run, refused_by_budget, resumed
+from kosli_rotation.attention import admit, refused_by_budget, watched_key_expiry
 from kosli_rotation.consumer_engine import ConsumerEngine, describe_all, for_each_consumer, plan_line
 from kosli_rotation.errors import ConcurrentWriteError, ConsumerError, RunNotNeeded, VerificationError
 from kosli_rotation.facts import audit_entry, audit_name, failure_facts, key_reference
@@ -122,8 +122,7 @@ class Rotation:
     def preflight(self, run: RunRequest) -> dict[str, Any]:
         """Check everything a rotation needs before anything changes; stop here if there is nothing to do."""
         record = self.store.load().record
-        if admit(self.entry, record, run, dag_id=self.dag_id, now=time.time()):
-            record = self.store.update(lambda r: resumed(r, run.triggered_by, run.run_id)).record
+        record = admit(self.entry, self.store, record, run, dag_id=self.dag_id)
         resuming = record.in_flight
         if resuming:
             self.ownership.refuse_if_locked(record, run.run_id)
@@ -153,6 +152,7 @@ class Rotation:
             "strategy": strategy,
             "grace_hours": run.grace_hours if strategy == "rotate" else None,
             "resuming": resuming,
+            "watched_key_expires_at": watched_key_expiry(keys, record, key_id),  # the retry budget (attention.py)
             "consumers": describe_all(consumers, today, run.updates),
         }
         log.info("Plan for %s: %s", self.entry.dag_id, plan)
@@ -394,8 +394,7 @@ class Rotation:
             facts["todo"] = f"Nothing to do here: the {record.operation} in flight belongs to {record.lock_owner}."
             facts["changed"] = False
             return facts
-        if operation is None:  # the retry budget is for rotations (attention.py); a rollback is a person's run
-            facts.update(count_failed_run(self.store, self.identity, self.entry, run_id, step_name, facts))
+        facts["counts_against_budget"] = operation is None  # a rollback is a person's run already (attention.py)
         if not record.in_flight:
             return facts
         self.store.update(lambda r: r.failed(owner, step_name, message, facts["todo"]) if r.in_flight else None)

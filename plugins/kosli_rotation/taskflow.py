@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, chain, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from kosli_rotation.attention import AttentionRequired
+from kosli_rotation.attention import AttentionRequired, count_failed_run
 from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
 from kosli_rotation.notifications import notify_attention, notify_failure
@@ -35,8 +35,11 @@ def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
         if isinstance(context.get("exception"), AttentionRefusal):
             log.error("Nothing was tried, so this run is not counted as a failed run of the rotation")
             return
-        facts = Rotation(entry).record_failure(context["dag_run"].run_id, task_id, context.get("exception"))
+        rotation, run_id = Rotation(entry), context["dag_run"].run_id
+        facts = rotation.record_failure(run_id, task_id, context.get("exception"))
         log.error("Rotation of %s failed at %s. %s", facts["key"], task_id, facts["todo"])
+        if facts.pop("counts_against_budget", False):
+            facts.update(count_failed_run(rotation.store, entry, run_id, task_id, facts, preflight_saw_expiry(context)))
         if facts.get("needs_attention"):
             log.error("The retry budget is spent: %s", facts["needs_attention"]["resume"])
             notify_attention(entry.notify, facts["needs_attention"], context)
@@ -44,6 +47,17 @@ def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
             notify_failure(entry.notify, facts, context)
 
     return record
+
+
+def preflight_saw_expiry(context: Any) -> float | None:
+    """Kosli's expires_at of the key consumers are on, as this run's preflight listed it (None: unknown)."""
+    try:
+        plan = context["ti"].xcom_pull(task_ids="preflight")
+    except Exception as error:  # a failure callback must not fail: the record keeps what it knew
+        log.warning("Could not read preflight's plan for the retry budget: %s", type(error).__name__)
+        return None
+    expires = plan.get("watched_key_expires_at") if isinstance(plan, dict) else None
+    return float(expires) if isinstance(expires, int | float) else None
 
 
 def retry_with_backoff(entry: KeyEntry) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 
 from kosli_rotation.consumers import github_actions
 from sandbox.github import GitHubSandbox
-from tests.support.scenario import RECORD_PATH
+from tests.support.scenario import ORG, RECORD_PATH, SERVICE_ACCOUNT
 from tests.support.scheduled_runs import run_scheduled
 
 pytestmark = pytest.mark.e2e
@@ -153,3 +153,30 @@ def test_the_budget_never_blocks_a_rotate_whose_old_key_dies_by_itself(failing, 
     said = console(capfd, caplog)
     assert "the retry budget never blocks that, so this run tries anyway" in said
     assert len([mail for mail in mailbox.messages if "needs attention" in mail["Subject"]]) == 1, "still one notice"
+
+
+def test_the_budget_never_blocks_a_rotation_whose_key_kosli_expires_within_the_lead(failing, mailbox, capfd, caplog):
+    """A 'replace' (the old key lives until we revoke it) of a key Kosli expires in 5 days, with expiry_lead_days
+    14: stopping would leave consumers on a key that dies by itself, so scheduled runs keep trying."""
+    scenario = failing
+    expires = int(time.time() + 5 * 86400)
+    _key_id, secret = scenario.kosli.create_key(ORG, SERVICE_ACCOUNT, "ci-expiring", expires_at=expires)
+    scenario.write_inventory(key_label="ci-expiring")
+    scenario.vault().secrets.kv.v2.create_or_update_secret(
+        path=RECORD_PATH, secret={"key": secret, "rotated_at": time.time() - DUE}, mount_point=scenario.mount
+    )
+    runs = [run_scheduled(scenario.dag()) for _ in range(3)]
+    assert [run.state for run in runs] == ["failed"] * 3
+    record = scenario.vault_record()
+    assert record["needs_attention_since"] and record["key_expires_at"] == expires
+    (attention,) = [mail for mail in mailbox.messages if "needs attention" in mail["Subject"]]
+    assert "Scheduled runs keep trying anyway, because Kosli expires the key consumers may still use" in body(attention)
+
+    capfd.readouterr()
+    scenario.kosli.reset_stats()
+    fourth = run_scheduled(scenario.dag())
+
+    assert fourth.state == "failed", "it tried, and GitHub still refuses"
+    assert scenario.kosli.stats()["total_requests"] > 0
+    said = console(capfd, caplog)
+    assert "within expiry_lead_days (14)" in said and "so this run tries anyway" in said
