@@ -1,9 +1,10 @@
 """The retry budget: after ``max_failed_attempts`` failed runs of one rotation, scheduled runs stop trying.
 
-A *failed run* is a DAG run whose step failed for good (after Airflow's own task retries), counted once per run
-from when the rotation became due (or was last resumed) until it finishes. When the budget is spent the record
-gets ``needs_attention_since`` **beside** its phase: the phase machine is untouched, so a resumed rotation
-continues where it stopped. Then:
+A *failed run* is a DAG run whose step failed for good (after Airflow's own task retries) while a rotation was in
+flight, counted once per run from when the rotation began (its intent) or was last resumed until it finishes. A run
+that fails before the intent changed nothing and records nothing (it is announced, and tried again next day).
+When the budget is spent the record gets ``needs_attention_since`` **beside** its phase: the phase machine is
+untouched, so a resumed rotation continues where it stopped. Then:
 
 * a scheduled run ends skipped at preflight, before any call to Kosli, and its log says why and how to resume;
 * a manual run fails at preflight saying what to do, unless it sets ``resume_after_attention``: that clears the
@@ -137,8 +138,9 @@ def admit(entry: KeyEntry, store: KeyStore, record: KeyRecord, run: RunRequest, 
 
 def refused_by_budget(entry: KeyEntry, record: KeyRecord, now: float) -> None:
     """The gate after the consumer tasks runs even when preflight failed: a run refused for the budget (the flag is
-    still set, no dying key) skips it rather than fail again on proofs it never tried to make."""
-    if record.needs_attention_since is not None and not dying_key(entry, record, now):
+    still set, no dying key) skips it rather than fail again on proofs it never tried to make. A rollback (a
+    person's run) is never refused."""
+    if record.needs_attention_since is not None and not record.is_rollback and not dying_key(entry, record, now):
         raise RunNotNeeded("the rotation needs attention and this run did not resume it (see preflight)")
 
 

@@ -385,17 +385,17 @@ class Rotation:
             error=message,
             unverified=unverified,
         )
-        if record.in_flight and operation and record.operation != operation:
+        if not record.in_flight:
+            return facts
+        if operation and record.operation != operation:
             facts.update(
                 changed=False, todo=f"Nothing changed: read the error, then trigger {self.dag_id} again if needed."
             )
             return facts
-        if record.in_flight and record.locked_by_other(owner, self.store.vault_now()):
+        if record.locked_by_other(owner, self.store.vault_now()):
             facts["todo"] = f"Nothing to do here: the {record.operation} in flight belongs to {record.lock_owner}."
             facts["changed"] = False
             return facts
         facts["counts_against_budget"] = operation is None  # a rollback is a person's run already (attention.py)
-        if not record.in_flight:
-            return facts
         self.store.update(lambda r: r.failed(owner, step_name, message, facts["todo"]) if r.in_flight else None)
         return facts

@@ -8,7 +8,14 @@ import time
 
 import pytest
 
-from kosli_rotation.attention import AttentionRequired, admit, dying_key, watched_key_expiry, with_failed_run
+from kosli_rotation.attention import (
+    AttentionRequired,
+    admit,
+    dying_key,
+    refused_by_budget,
+    watched_key_expiry,
+    with_failed_run,
+)
 from kosli_rotation.errors import RunNotNeeded
 from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.kosli_hook import ApiKey
@@ -171,3 +178,11 @@ def test_the_notice_lists_every_failed_run_and_what_to_do():
     assert body.count("at all_consumers_verified:") == 3
     assert "{{ conn.x.password }}" in body, "remote text stays literal"
     assert "Scheduled runs stop trying" in body and "What to do: fix the cause" in body
+
+
+def test_the_gate_skips_in_a_refused_run_but_never_in_a_rollback():
+    spent = failed_three_times(stored())
+    with pytest.raises(RunNotNeeded, match="did not resume it"):
+        refused_by_budget(entry(), spent, NOW)
+    refused_by_budget(entry(), spent.model_copy(update={"operation": "rollback"}), NOW)  # a person's run goes on
+    refused_by_budget(entry(), stored(), NOW)
