@@ -77,6 +77,8 @@ class KeyRow:
     failed_step: str | None = None
     failure: str | None = None
     todo: str | None = None
+    needs_attention_since: float | None = None  # the retry budget is spent (attention.py)
+    failed_runs: int = 0
     run: LatestRun | None = None
     consumers: list[ConsumerState] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -106,6 +108,8 @@ class KeyRow:
         """What a person should read first: a failure, a rotation in flight, or the last run's outcome."""
         if self.problems and not self.phase:
             return "error"
+        if self.needs_attention_since:
+            return "needs attention"
         if self.failed_step:
             return "failed"
         if self.run and self.run.state in ("running", "queued"):
@@ -154,6 +158,8 @@ def key_row(entry: KeyEntry, read_run: RunReader, vault: PageVault) -> KeyRow:
         row.grace_ends_at = _epoch(summary.get("grace_ends_at"))
         row.key_expires_at, row.due = _epoch(summary.get("key_expires_at")), summary.get("due")
         row.failed_step, row.failure, row.todo = summary.get("failed_step"), summary.get("failure"), summary.get("todo")
+        row.needs_attention_since = _epoch(summary.get("needs_attention_since"))
+        row.failed_runs = int(summary.get("failed_runs") or 0)
         for consumer in row.consumers:
             status = vault.consumer_note(entry, consumer.name)
             if _verified_with_current_key(status, row):
@@ -258,6 +264,7 @@ STATE_COLOURS = {
     "running": "#0969da",
     "in flight": "#0969da",
     "failed": "#cf222e",
+    "needs attention": "#bf3989",
     "error": "#cf222e",
     "never run": "#6e7781",
 }
@@ -334,6 +341,12 @@ def render_row(row: KeyRow, now: float) -> str:
     details = []
     if row.phase:
         details.append(f"phase {escape(row.phase)}")
+    if row.needs_attention_since:
+        details.append(
+            f"<b>needs attention since {_when(row.needs_attention_since)} after {row.failed_runs} failed runs</b>: "
+            "scheduled runs wait unless a consumer would be left on a dying key; resume with a manual run setting "
+            "resume_after_attention"
+        )
     if row.failed_step:
         details.append(f"<b>failed at {escape(row.failed_step)}</b>: {escape(row.failure or '')}")
     if row.todo:

@@ -5,6 +5,8 @@ Configured per inventory entry (``notify:``). Two kinds of notice share one way 
 
 * a **failure notice**, when a step of a rotation (or a rollback) fails for good, with what a person on
   call needs: which key, which step, why, which consumers are not verified, and how long the old key has left;
+* a **needs-attention notice**, once, when a rotation spends its retry budget (``attention.py``): every failed
+  run and what to do;
 * a **staleness notice**, when the daily staleness check finds something wrong with a key: past its maximum
   age, a failed or abandoned rotation, a consumer holding a value that is not the current key.
 """
@@ -64,6 +66,33 @@ def failure_summary(facts: dict[str, Any]) -> tuple[str, str]:
             " consumers still using it break then."
         )
     lines.append(f"What to do: {facts['todo']}")
+    return subject, "\n".join(lines)
+
+
+def attention_summary(facts: dict[str, Any]) -> tuple[str, str]:
+    """Subject and body of the one notice sent when a rotation spends its retry budget (``attention.notice_facts``):
+    every failed run, with when, where and why, then what to do. It replaces that run's failure notice."""
+    runs = facts["failed_runs"]
+    subject = f"Kosli key rotation needs attention: {facts['key']} after {len(runs)} failed runs"
+    keeps_trying = facts.get("keeps_trying")
+    lines = [
+        f"Key: {facts['key']} (DAG {facts['dag_id']})",
+        f"Needs attention since {facts['needs_attention_since']}: {len(runs)} runs of this rotation failed "
+        f"(max_failed_attempts: {facts['max_failed_attempts']}).",
+        f"Scheduled runs keep trying anyway, because {keeps_trying}."
+        if keeps_trying
+        else "Scheduled runs stop trying until a person resumes the rotation.",
+        "",
+        "Failed runs:",
+        *(f"- {run.get('at')} run {run.get('run_id')} at {run.get('step')}: {run.get('reason')}" for run in runs),
+        "",
+        f"Phase: {facts['phase']}",
+    ]
+    if facts.get("unverified_consumers"):
+        lines.append("Consumers not verified: " + ", ".join(facts["unverified_consumers"]))
+    if facts.get("old_key_dies_at"):
+        lines.append(f"Kosli revokes the old key by itself at {facts['old_key_dies_at']}: consumers on it break then.")
+    lines += ["", f"What to do: {facts['resume']}.", f"Where the rotation stands: {facts['todo']}"]
     return subject, "\n".join(lines)
 
 
@@ -139,6 +168,12 @@ def notify_failure(targets: list[EmailTarget | WebhookTarget], facts: dict[str, 
     send_notice(
         targets, subject=subject, body=body, payload={"event": event, **facts}, context=context, what="failure notice"
     )
+
+
+def notify_attention(targets: list[EmailTarget | WebhookTarget], facts: dict[str, Any], context: Any) -> None:
+    """Send the needs-attention notice to every target (``facts``: see ``attention_summary``)."""
+    subject, body = attention_summary(facts)
+    send_notice(targets, subject=subject, body=body, payload=facts, context=context, what="needs-attention notice")
 
 
 def notify_staleness(targets: list[EmailTarget | WebhookTarget], facts: dict[str, Any], context: Any) -> None:

@@ -91,6 +91,12 @@ class KeyRecord(BaseModel):
     todo: str | None = None
     history: list[str] = []  # what happened to the operation in flight, for the audit entry
     steps_in_flight: dict[str, str] = {}  # step -> who runs it since when; a step found here was interrupted
+    #: The retry budget (``attention.py``), beside the phase so a resumed rotation continues where it stopped:
+    #: each failed run of the rotation (run id, when, step, scrubbed reason), since when it waits for a person,
+    #: and Kosli's expires_at of the key consumers are on, as last seen (the dying-key rule reads it offline).
+    failed_runs: list[dict[str, str]] = []
+    needs_attention_since: float | None = None
+    watched_key_expires_at: float | None = None
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -301,6 +307,9 @@ class KeyRecord(BaseModel):
                 "consumers_verified_at": None,
                 "old_key_last_used_at": None,
                 "outgoing_dead_at": None,
+                "failed_runs": [],
+                "needs_attention_since": None,
+                "watched_key_expires_at": None,
             }
         )
 
@@ -342,6 +351,8 @@ class KeyRecord(BaseModel):
             "failed_step": self.failed_step,
             "failure": self.failure,
             "todo": self.todo,
+            "failed_runs": str(len(self.failed_runs)) if self.failed_runs else None,
+            "needs_attention_since": iso(self.needs_attention_since),
             "updated_at": iso(updated_at),
         }
         return {name: value[:512] for name, value in fields.items() if value}

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
+from kosli_rotation.attention import admit, refused_by_budget, watched_key_expiry
 from kosli_rotation.consumer_engine import ConsumerEngine, describe_all, for_each_consumer, plan_line
 from kosli_rotation.errors import ConcurrentWriteError, ConsumerError, RunNotNeeded, VerificationError
 from kosli_rotation.facts import audit_entry, audit_name, failure_facts, key_reference
@@ -121,6 +122,7 @@ class Rotation:
     def preflight(self, run: RunRequest) -> dict[str, Any]:
         """Check everything a rotation needs before anything changes; stop here if there is nothing to do."""
         record = self.store.load().record
+        record = admit(self.entry, self.store, record, run, dag_id=self.dag_id)
         resuming, due = record.in_flight, record.due
         if resuming:
             self.ownership.refuse_if_locked(record, run.run_id)
@@ -151,6 +153,7 @@ class Rotation:
             "grace_hours": run.grace_hours if strategy == "rotate" else None,
             "resuming": resuming,
             "due": due,
+            "watched_key_expires_at": watched_key_expiry(keys, record, key_id),  # the retry budget (attention.py)
             "consumers": describe_all(consumers, today, run.updates),
         }
         log.info("Plan for %s: %s", self.entry.dag_id, plan)
@@ -266,6 +269,7 @@ class Rotation:
         """The gate before any revocation: every consumer is proven, by this run, to hold the current key."""
         if self.store.load().record.state not in AFTER_STORE:
             raise RunNotNeeded("no new key is stored, so there is nothing to gate (an earlier step failed)")
+        refused_by_budget(self.entry, self.store.load().record, time.time())
         record, work = self._owned(run, "all_consumers_verified")
         if not work:
             return {"consumers": len(self.entry.consumers), "verified_at": iso(record.consumers_verified_at)}
@@ -397,5 +401,6 @@ class Rotation:
             facts["todo"] = f"Nothing to do here: the {record.operation} in flight belongs to {record.lock_owner}."
             facts["changed"] = False
             return facts
+        facts["counts_against_budget"] = operation is None  # a rollback is a person's run already (attention.py)
         self.store.update(lambda r: r.failed(owner, step_name, message, facts["todo"]) if r.in_flight else None)
         return facts

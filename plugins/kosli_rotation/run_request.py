@@ -22,6 +22,8 @@ class RunRequest:
     consumers: frozenset[str] | None = None
     #: Revoke a 'replace''s old key although Kosli saw it used after every consumer had the new one.
     revoke_despite_recent_use: bool = False
+    #: A person resumes a rotation that spent its retry budget (``attention.py``); manual runs only.
+    resume_after_attention: bool = False
 
     def updates(self, consumer: str) -> bool:
         return self.consumers is None or consumer in self.consumers

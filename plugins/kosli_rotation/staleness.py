@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kosli_rotation.attention import attention_findings
 from kosli_rotation.consumers import Consumer, build_consumer
 from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.fingerprints import digest, short
@@ -395,6 +396,7 @@ def check_key(entry: KeyEntry, *, now: float | None = None) -> KeyHealth:
         ("grace", lambda: check_grace(entry, view, now=now, store=store)),
         ("state", lambda: check_state(entry, view, now=now)),
         ("consumers", lambda: check_consumers(entry, view, store)),
+        ("attention", lambda: [Finding("attention", *said) for said in attention_findings(entry, store, now)]),
     )
     for name, run in checks:
         try:

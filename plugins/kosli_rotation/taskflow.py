@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, chain, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from kosli_rotation.attention import AttentionRequired, count_failed_run
 from kosli_rotation.errors import InvalidRequestError, RotationError
 from kosli_rotation.inventory import BrokenEntry, KeyEntry
-from kosli_rotation.notifications import notify_failure
+from kosli_rotation.notifications import notify_attention, notify_failure
 from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
 from kosli_rotation.run_request import is_manual
 from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
@@ -34,11 +35,32 @@ def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
 
     def record(context: Any) -> None:
         task_id = context["task_instance"].task_id
-        facts = Rotation(entry).record_failure(context["dag_run"].run_id, task_id, context.get("exception"))
+        if isinstance(context.get("exception"), AttentionRefusal):
+            log.error("Nothing was tried, so this run is not counted as a failed run of the rotation")
+            return
+        rotation, run_id = Rotation(entry), context["dag_run"].run_id
+        facts = rotation.record_failure(run_id, task_id, context.get("exception"))
         log.error("Rotation of %s failed at %s. %s", facts["key"], task_id, facts["todo"])
-        notify_failure(entry.notify, facts, context)
+        if facts.pop("counts_against_budget", False):
+            facts.update(count_failed_run(rotation.store, entry, run_id, task_id, facts, preflight_saw_expiry(context)))
+        if facts.get("needs_attention"):
+            log.error("The retry budget is spent: %s", facts["needs_attention"]["resume"])
+            notify_attention(entry.notify, facts["needs_attention"], context)
+        else:
+            notify_failure(entry.notify, facts, context)
 
     return record
+
+
+def preflight_saw_expiry(context: Any) -> float | None:
+    """Kosli's expires_at of the key consumers are on, as this run's preflight listed it (None: unknown)."""
+    try:
+        plan = context["ti"].xcom_pull(task_ids="preflight")
+    except Exception as error:  # a failure callback must not fail: the record keeps what it knew
+        log.warning("Could not read preflight's plan for the retry budget: %s", type(error).__name__)
+        return None
+    expires = plan.get("watched_key_expires_at") if isinstance(plan, dict) else None
+    return float(expires) if isinstance(expires, int | float) else None
 
 
 def retry_with_backoff(entry: KeyEntry) -> dict[str, Any]:
@@ -100,6 +122,13 @@ def trigger_form(entry: KeyEntry) -> dict[str, Param]:
             description="'replace' only: revoke the old key although Kosli saw it used after every listed consumer "
             "had the new key (something unlisted may break). Use it once you have found and fixed that user.",
         ),
+        "resume_after_attention": Param(
+            False,
+            type="boolean",
+            title="Resume after attention",
+            description="Manual runs only: resume a rotation that failed max_failed_attempts runs and waits for a "
+            "person (needs attention). Fix the cause first; the run continues from where the rotation stopped.",
+        ),
         "dry_run": Param(
             False,
             type="boolean",
@@ -138,7 +167,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
     grace = params.get("grace_hours") if manual else entry.grace_hours
     if isinstance(grace, bool) or not isinstance(grace, int) or not 1 <= grace <= 720:
         raise InvalidRequestError(f"parameter 'grace_hours' must be a whole number from 1 to 720, not {grace!r}")
-    for flag in ("force", "dry_run", "revoke_despite_recent_use"):
+    for flag in ("force", "dry_run", "revoke_despite_recent_use", "resume_after_attention"):
         if not isinstance(params.get(flag, False), bool):
             raise InvalidRequestError(f"parameter {flag!r} must be true or false, not {params.get(flag)!r}")
     return RunRequest(
@@ -150,6 +179,7 @@ def run_request(entry: KeyEntry, context: Any) -> RunRequest:
         force=bool(params.get("force")),
         dry_run=bool(params.get("dry_run")),
         revoke_despite_recent_use=bool(params.get("revoke_despite_recent_use")) if manual else False,
+        resume_after_attention=bool(params.get("resume_after_attention")) if manual else False,
         triggered_by=getattr(dag_run, "triggering_user_name", None) or ("scheduler" if not manual else "unknown"),
         consumers=chosen_consumers(entry, params.get("consumers")) if manual else None,
     )
@@ -170,6 +200,10 @@ def chosen_consumers(entry: KeyEntry, chosen: Any) -> frozenset[str] | None:
     return frozenset(chosen)
 
 
+class AttentionRefusal(AirflowFailException):
+    """A manual run refused because the rotation needs attention: the failure callback does not count it."""
+
+
 @contextmanager
 def airflow_outcome() -> Iterator[None]:
     """Map the library's signals to Airflow's: skip, fail without retry, or fail and retry. What an error says
@@ -178,6 +212,8 @@ def airflow_outcome() -> Iterator[None]:
         yield
     except RunNotNeeded as reason:
         raise AirflowSkipException(scrub(str(reason))) from None
+    except AttentionRequired as refusal:
+        raise AttentionRefusal(describe_error(refusal)) from None
     except RotationError as error:
         if not error.retryable:
             raise AirflowFailException(describe_error(error)) from None

@@ -97,6 +97,7 @@ def test_a_dag_is_one_task_per_step_in_order(no_network, inventory, monkeypatch)
         "grace_hours",
         "force",
         "revoke_despite_recent_use",
+        "resume_after_attention",
         "dry_run",
         "consumers",
     }

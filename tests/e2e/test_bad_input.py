@@ -17,6 +17,7 @@ pytestmark = pytest.mark.e2e
         ({"force": "yes"}, "force"),
         ({"dry_run": 1}, "dry_run"),
         ({"revoke_despite_recent_use": "please"}, "revoke_despite_recent_use"),
+        ({"resume_after_attention": "true"}, "resume_after_attention"),
         ({"reason": ["not", "text"]}, "reason"),
         ({"consumers": ["release-cli", "no-such-consumer"]}, "consumers"),
         ({"consumers": []}, "consumers"),

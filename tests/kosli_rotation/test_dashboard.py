@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -177,6 +178,32 @@ def test_key_rows_carry_each_consumers_proof_and_prefer_a_verified_digest(
     assert [bool(c.verified_at) for c in row.consumers] == [True, False, True]
     page = render_page([row])
     assert "[write-confirmed only]" in page and secret not in page and digest(secret) not in page
+
+
+def test_a_rotation_that_spent_its_retry_budget_shows_since_when_and_after_how_many_runs(
+    openbao, vault_mount, tmp_path, page_vault
+):
+    path = "kosli/acme/budget"
+    openbao.client().secrets.kv.v2.create_or_update_secret(path=path, secret={"key": "k" * 43}, mount_point=vault_mount)
+    entry = KeyEntry.model_validate(
+        {"name": "budget", "org": "acme", "service_account": "ci-bot", "key_label": "ci", "vault_path": path}
+    )
+    page_vault(Inventory(tmp_path / "inventory.yaml", entries=[entry]))
+    failed = [
+        {"run_id": f"scheduled__{n}", "at": "2026-12-01T02:00:00+00:00", "step": "fan_out", "reason": "403"}
+        for n in range(3)
+    ]
+    since = datetime(2026, 12, 1, 2, 5, tzinfo=UTC).timestamp()
+    # The product's own write: the record, then its metadata summary (what the page reads).
+    KeyStore(path).update(lambda r: r.model_copy(update={"failed_runs": failed, "needs_attention_since": since}))
+
+    row = key_row(entry, lambda dag_id: None, PageVault())
+
+    assert row.state == "needs attention" and row.failed_runs == 3
+    page = render_page([row])
+    assert 'data-state="needs attention"' in page
+    assert "needs attention since 2026-12-01 02:05 UTC after 3 failed runs" in page
+    assert "resume_after_attention" in page
 
 
 # -- what a viewer may see -------------------------------------------------------------------------------------

@@ -267,3 +267,20 @@ def test_the_summary_in_metadata_is_read_instead_of_the_key_while_it_is_current(
     kv.create_or_update_secret(path=RECORD, secret={**data, "key": "k" * 43}, mount_point=vault_mount)
     view = read_record(store)
     assert (view.source, view.fingerprint) == ("record", fingerprint("k" * 43))
+
+
+def test_a_rotation_that_spent_its_retry_budget_is_a_problem_saying_how_to_resume(key, kv, vault_mount, tmp_path):
+    key_id, secret = key
+    consumers_hold(tmp_path, kv, vault_mount, vault=secret, cli=secret)
+    assert "0 failed run(s) of 3 allowed" in notes(check_key(entry_for(tmp_path)))["attention"]
+    failed = [
+        {"run_id": f"scheduled__{n}", "at": "2026-12-01T02:00:00+00:00", "step": "preflight", "reason": "HTTP 503"}
+        for n in range(3)
+    ]
+    record_says(key_id=key_id, failed_runs=failed, needs_attention_since=time.time() - DAY)
+
+    found = problems(check_key(entry_for(tmp_path)))
+
+    assert "needs attention since" in found["attention"] and "after 3 failed runs" in found["attention"]
+    assert "scheduled runs do not try" in found["attention"]
+    assert "resume_after_attention set to true" in found["attention"]
