@@ -20,7 +20,7 @@ from kosli_rotation.errors import RotationError
 from kosli_rotation.inventory import KeyEntry
 from kosli_rotation.key_store import KeyStore, Phase
 from kosli_rotation.kosli_hook import ApiKey, KosliHook
-from kosli_rotation.staleness import DAY, AgeUnknown, Finding, KeyHealth, RecordView, _iso, kosli_key
+from kosli_rotation.staleness_findings import DAY, AgeUnknown, Finding, KeyHealth, RecordView, _iso, kosli_key
 
 log = logging.getLogger(__name__)
 
