@@ -32,8 +32,11 @@ system-packages:
 	@test -x /usr/bin/chromium -a -e $(LIBFAKETIME) || { export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq && apt-get install -y -qq chromium faketime >/dev/null; }
 
+# Two pytest-xdist workers, each taking whole files (a file's module fixtures start once): most tests wait on
+# services and clocks, not on the CPU. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: lint system-packages
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: venv
 	$(BIN)/python -m demo

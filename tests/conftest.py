@@ -79,11 +79,3 @@ def scenario(airflow_db, openbao, vault_mount, kosli, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_KOSLI_DEFAULT", "")
     sandbox, admin_key, (key_id, key) = kosli
     return Scenario(sandbox, openbao, vault_mount, tmp_path, admin_key, key_id, key).setup()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist's ``--dist loadgroup`` (``make test``): a file's tests share a worker, so its module
-    fixtures start once; the demo's and the browser's share one, as both drive an ``airflow standalone``."""
-    for item in items:
-        group = "demo" if item.path.parent.name in {"demo", "browser"} else str(item.path.relative_to(REPO))
-        item.add_marker(pytest.mark.xdist_group(group))
