@@ -62,3 +62,24 @@ def webhook(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_ROTATION_WEBHOOK", json.dumps({"conn_type": "http", "host": sink.url}))
     yield sink
     sink.stop()
+
+
+@pytest.fixture
+def github(scenario, monkeypatch):
+    """The GitHub sandbox with repo ``acme/app``, an admin token for it, and ``github_default`` pointing at it
+    (pacing off: the sandbox's limits are not what these tests are about)."""
+    import json
+
+    from kosli_rotation.consumers import github_actions
+    from sandbox.github import GitHubSandbox
+
+    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
+    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
+    token = "ghp_" + "e" * 36
+    with GitHubSandbox() as sandbox:
+        sandbox.add_repo("acme/app")
+        sandbox.add_token(token, repos={"acme/app": "admin"})
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps({"conn_type": "github", "password": token, "host": sandbox.url})
+        )
+        yield sandbox

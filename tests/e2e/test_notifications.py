@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from kosli_rotation.consumers import github_actions
-from sandbox.github import GitHubSandbox
-
 pytestmark = pytest.mark.e2e
-GITHUB_TOKEN = "ghp_" + "n" * 36
-
-
-@pytest.fixture
-def github(monkeypatch):
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
-    with GitHubSandbox() as sandbox:
-        sandbox.add_repo("acme/app")
-        sandbox.add_token(GITHUB_TOKEN, repos={"acme/app": "admin"})
-        connection = {"conn_type": "github", "password": GITHUB_TOKEN, "host": sandbox.url}
-        monkeypatch.setenv("AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps(connection))
-        yield sandbox
 
 
 def test_a_failure_after_the_new_key_exists_is_announced_with_what_is_left(scenario, mailbox, webhook, github):

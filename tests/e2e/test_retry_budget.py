@@ -7,31 +7,15 @@ secret write (403) until the test lifts that fault. Scheduled runs are DagRuns o
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from kosli_rotation.consumers import github_actions
-from sandbox.github import GitHubSandbox
 from tests.support.scenario import ORG, RECORD_PATH, SERVICE_ACCOUNT
 from tests.support.scheduled_runs import scheduled_run
 
 pytestmark = pytest.mark.e2e
-GITHUB_TOKEN = "ghp_" + "b" * 36
 DUE = 100 * 86400  # the seeded key was stored 100 days ago: due (max_age_days 90)
-
-
-@pytest.fixture
-def github(monkeypatch):
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
-    with GitHubSandbox() as sandbox:
-        sandbox.add_repo("acme/app")
-        sandbox.add_token(GITHUB_TOKEN, repos={"acme/app": "admin"})
-        connection = {"conn_type": "github", "password": GITHUB_TOKEN, "host": sandbox.url}
-        monkeypatch.setenv("AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps(connection))
-        yield sandbox
 
 
 @pytest.fixture

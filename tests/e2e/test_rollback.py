@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kosli_rotation.consumers import github_actions
-from sandbox.github import GitHubSandbox
 from sandbox.secret_scan import find_secrets_in_database, find_secrets_in_files, find_secrets_in_text
 from tests.support.scenario import AIRFLOW_LOGS, REPO
 
 pytestmark = pytest.mark.e2e
-GITHUB_TOKEN = "ghp_" + "r" * 36
 
 
 def rollback(scenario, **conf):
@@ -212,18 +209,6 @@ def test_a_rollback_needs_a_reason(scenario):
     for reason in (None, "", "   "):
         with pytest.raises(ParamValidationError, match="reason"):
             rollback(scenario, reason=reason)
-
-
-@pytest.fixture
-def github(scenario, monkeypatch):
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
-    with GitHubSandbox() as sandbox:
-        sandbox.add_repo("acme/app")
-        sandbox.add_token(GITHUB_TOKEN, repos={"acme/app": "admin"})
-        connection = {"conn_type": "github", "password": GITHUB_TOKEN, "host": sandbox.url}
-        monkeypatch.setenv("AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps(connection))
-        yield sandbox
 
 
 def test_a_rotate_that_shares_the_old_key_id_cannot_be_rolled_back(scenario, github, capfd):
