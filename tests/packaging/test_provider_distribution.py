@@ -119,6 +119,9 @@ def test_every_class_the_provider_info_names_imports():
     for dotted in names:
         module, _, attribute = dotted.rpartition(".")
         assert isinstance(getattr(importlib.import_module(module), attribute), type), dotted
+    info = get_provider_info()
+    for module in [name for part in ("hooks", "sensors") for entry in info[part] for name in entry["python-modules"]]:
+        importlib.import_module(module)
 
 
 def test_the_hook_declares_the_connection_type_the_provider_info_maps_to_it():
