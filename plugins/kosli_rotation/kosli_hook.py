@@ -144,7 +144,7 @@ class KosliHook(HttpHook):
 
     conn_name_attr = "kosli_conn_id"
     default_conn_name = "kosli_default"
-    conn_type = "http"
+    conn_type = "kosli"  # the provider's connection type; `http` connections made before it still work
     hook_name = "Kosli"
 
     def __init__(
@@ -173,7 +173,7 @@ class KosliHook(HttpHook):
             return self.get_connection(self.http_conn_id)
         except AirflowNotFoundException as error:
             raise InvalidRequestError(
-                f"Airflow connection {self.http_conn_id!r} is not defined: create an HTTP connection "
+                f"Airflow connection {self.http_conn_id!r} is not defined: create a Kosli (or HTTP) connection "
                 "whose host is the Kosli URL (https://app.kosli.com) and whose password is an admin "
                 "API key"
             ) from error
