@@ -116,6 +116,16 @@ def test_three_failed_scheduled_runs_stop_the_next_one_until_a_person_resumes(
     assert any("resumed the rotation" in line for line in audit["history"])
 
 
+def fourth_scheduled_run_tries(scenario, capfd, caplog) -> str:
+    """Past the budget, a fourth scheduled run still calls Kosli (and fails: GitHub still refuses); what it said."""
+    capfd.readouterr()
+    scenario.kosli.reset_stats()
+    fourth = scheduled_run(scenario.dag())
+    assert fourth.state == "failed", "it tried, and GitHub still refuses"
+    assert scenario.kosli.stats()["total_requests"] > 0
+    return console(capfd, caplog)
+
+
 def test_the_budget_never_blocks_a_rotate_whose_old_key_dies_by_itself(failing, mailbox, capfd, caplog):
     """A 'rotate' stored its new key; Kosli kills the old one at the grace end whatever we do, so consumers not on
     the new key break then: scheduled runs keep trying, and say why."""
@@ -128,13 +138,7 @@ def test_the_budget_never_blocks_a_rotate_whose_old_key_dies_by_itself(failing, 
     (attention,) = [mail for mail in mailbox.messages if "needs attention" in mail["Subject"]]
     assert "Scheduled runs keep trying anyway, because the outgoing key" in body(attention)
 
-    capfd.readouterr()
-    scenario.kosli.reset_stats()
-    fourth = scheduled_run(scenario.dag())
-
-    assert fourth.state == "failed", "it tried, and GitHub still refuses"
-    assert scenario.kosli.stats()["total_requests"] > 0
-    said = console(capfd, caplog)
+    said = fourth_scheduled_run_tries(scenario, capfd, caplog)
     assert "the retry budget never blocks that, so this run tries anyway" in said
     assert len([mail for mail in mailbox.messages if "needs attention" in mail["Subject"]]) == 1, "still one notice"
 
@@ -156,11 +160,5 @@ def test_the_budget_never_blocks_a_rotation_whose_key_kosli_expires_within_the_l
     (attention,) = [mail for mail in mailbox.messages if "needs attention" in mail["Subject"]]
     assert "Scheduled runs keep trying anyway, because Kosli expires the key consumers may still use" in body(attention)
 
-    capfd.readouterr()
-    scenario.kosli.reset_stats()
-    fourth = scheduled_run(scenario.dag())
-
-    assert fourth.state == "failed", "it tried, and GitHub still refuses"
-    assert scenario.kosli.stats()["total_requests"] > 0
-    said = console(capfd, caplog)
+    said = fourth_scheduled_run_tries(scenario, capfd, caplog)
     assert "within expiry_lead_days (14)" in said and "so this run tries anyway" in said
