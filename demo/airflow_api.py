@@ -5,6 +5,7 @@ The demo drives Airflow the way a user's script would, through the public API, n
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +14,8 @@ import requests
 from demo.processes import DemoError
 
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+# A loaded API server (two test workers and a whole Airflow on two cores) can take longer than a timeout to answer.
+IDEMPOTENT_ATTEMPTS = 4
 
 
 class AirflowApi:
@@ -34,14 +37,30 @@ class AirflowApi:
         self._session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", 15)
-        response = self._session.request(method, f"{self.url}/api/v2{path}", **kwargs)
+        kwargs.setdefault("timeout", 30)
+        response = self._send(method, path, **kwargs)
         if response.status_code == 401:
             self.log_in()
-            response = self._session.request(method, f"{self.url}/api/v2{path}", **kwargs)
+            response = self._send(method, path, **kwargs)
         if not response.ok:
             raise DemoError(f"Airflow API {method} {path} failed: {_describe(response)}")
         return response.json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request; a read (or the idempotent unpause) that times out on a loaded API server is sent again.
+
+        A trigger (POST) is never resent: if the first one took effect, a second would start a second run.
+        """
+        attempts = 1 if method == "POST" else IDEMPOTENT_ATTEMPTS
+        for attempt in range(1, attempts):
+            try:
+                return self._session.request(method, f"{self.url}/api/v2{path}", **kwargs)
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(2 * attempt)
+        try:
+            return self._session.request(method, f"{self.url}/api/v2{path}", **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise DemoError(f"Airflow API {method} {path} did not answer in {attempts} tries: {error}") from error
 
     def dag_ids(self) -> set[str]:
         return {dag["dag_id"] for dag in self._call("GET", "/dags", params={"limit": 100})["dags"]}
