@@ -4,16 +4,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt constraints.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: venv test lint format demo lock clean system-packages bench machine-soak
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-test.txt constraints.txt
+# The repo uses what it ships: the provider distribution (src/kosli_rotation) is installed into .venv in editable
+# mode, its entry points included, after the pinned tree it depends on (--no-deps: nothing unpinned comes with it).
+$(STAMP): requirements.txt requirements-test.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
 		-r requirements.txt -r requirements-test.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -70,7 +70,6 @@ def parse_once(inventory_path: Path, home: Path) -> dict:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "KOSLI_ROTATION_INVENTORY": str(inventory_path),
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")]),
     }
     code = PARSE.format(dag_file=str(REPO / "dags" / "kosli_key_rotation.py"))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)

@@ -12,12 +12,6 @@ by default).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The demo validates the inventory and computes fingerprints with the product's own library,
-# which ships in plugins/ (Airflow puts that folder on sys.path; a plain Python process does not).
-if str(REPO / "plugins") not in sys.path:
-    sys.path.insert(0, str(REPO / "plugins"))

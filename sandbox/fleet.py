@@ -1,6 +1,6 @@
 """One sandbox of every consumer service, with targets seeded to hold a key, read back through each sandbox's view.
 
-Demo and test infrastructure, not product code (nothing under ``plugins/`` imports it): the fan-out tests
+Demo and test infrastructure, not product code (nothing under ``src/`` imports it): the fan-out tests
 (``tests/support/fleet.py``), the benchmarks (``bench/``) and ``make demo`` (``demo/``) use it. A ``ConsumerFleet``
 starts, in this process and on free loopback ports, the fixture adapter of each of its ``kinds``
 (``sandbox.adapters``: the GitHub, GitLab, Jenkins, CircleCI and Kubernetes sandboxes, moto for AWS, a proxy in

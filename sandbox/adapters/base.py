@@ -4,7 +4,7 @@ reach it, seed a target holding a value, and look at what the target holds throu
 The sandbox fleet (``sandbox.fleet``), the test support (``tests/support``), the demo (``demo/world.py``) and the
 contract test (``tests/consumers/test_contract.py``) all loop over ``sandbox.adapters.ADAPTERS``; a new consumer
 kind adds its module, its sandbox, one adapter here and its quirk tests. Demo and test infrastructure, not product
-code: nothing under ``plugins/`` imports it. Values are handed to the caller only, never printed or logged.
+code: nothing under ``src/`` imports it. Values are handed to the caller only, never printed or logged.
 """
 
 from __future__ import annotations

@@ -110,6 +110,10 @@ def test_every_image_is_pinned_and_the_airflow_image_is_built_with_the_pinned_re
     assert re.search(
         r"pip install[^\n]*(\\\n[^\n]*)*-r \S*requirements\.txt[^\n]*(\\\n[^\n]*)*-c \S*constraints\.txt", dockerfile
     ), "the Dockerfile installs requirements.txt with constraints.txt"
+    assert re.search(r"^RUN pip wheel [^\n]*--no-deps", dockerfile, re.M), "the Dockerfile builds the provider's wheel"
+    assert re.search(r"-c \S*constraints\.txt \\\n\s+\S*/airflow_provider_kosli_rotation-\*\.whl", dockerfile), (
+        "the Dockerfile installs the built wheel, with the constraints"
+    )
 
 
 def test_connections_come_from_the_environment_and_no_credential_is_written_in_the_file(

@@ -160,7 +160,6 @@ def test_a_record_survives_a_restart_of_the_compose_openbao(compose, world, monk
     (workdir / "policies").mkdir()
     plugins = {
         **os.environ,
-        "PYTHONPATH": str(REPO / "plugins"),
         "KOSLI_ROTATION_INVENTORY": str(REPO / "inventory.yaml"),
     }
     for name, extra in (("worker", []), ("page", ["--page"])):

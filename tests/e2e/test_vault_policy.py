@@ -176,7 +176,6 @@ def test_the_page_policy_is_printed_by_the_command_line(inventory):
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "plugins")},
     ).stdout
     assert printed == page_policy(inventory, "secret")
     assert '"secret/data/kosli/acme/ci-bot"' not in printed

@@ -26,7 +26,7 @@ def copy_sources(destination: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, destination / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "plugins" / "kosli_rotation", destination / "plugins" / "kosli_rotation", ignore=ignore)
+    shutil.copytree(ROOT / "src" / "kosli_rotation", destination / "src" / "kosli_rotation", ignore=ignore)
     return destination
 
 
@@ -58,7 +58,7 @@ def test_the_wheel_is_the_library_under_a_third_party_provider_name(wheel):
         names = archive.namelist()
     assert "kosli_rotation/triggers.py" in names and "kosli_rotation/provider_info.py" in names
     assert "kosli_rotation/consumers/__init__.py" in names, "subpackages ship too"
-    assert not [name for name in names if name.startswith(("plugins/", "tests/", "sandbox/", "dags/"))]
+    assert not [name for name in names if name.startswith(("src/", "plugins/", "tests/", "sandbox/", "dags/"))]
     metadata = dist_info_file(wheel, "METADATA")
     assert f"Name: {DISTRIBUTION}" in metadata
     assert f"Version: {importlib.import_module('kosli_rotation').__version__}" in metadata

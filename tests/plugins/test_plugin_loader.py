@@ -1,5 +1,6 @@
 """Airflow's plugin loader imports every .py under plugins/ as a top-level module named by its file
-stem. The library must stay out of that scan, or its modules would shadow real packages."""
+stem. The library stays out of that scan (it is an installed package, src/kosli_rotation), or its modules would
+shadow real packages; the "Key rotation" page loads from the package's ``airflow.plugins`` entry point."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def load_plugins(plugins_folder: Path, tmp_path: Path) -> dict:
 
 
 def library_module_stems() -> set[str]:
-    return {path.stem for path in (REPO / "plugins" / "kosli_rotation").rglob("*.py")} - {"__init__"}
+    return {path.stem for path in (REPO / "src" / "kosli_rotation").rglob("*.py")} - {"__init__"}
 
 
 def test_real_packages_still_resolve_after_airflow_loads_our_plugins(tmp_path):
@@ -59,10 +60,23 @@ def test_real_packages_still_resolve_after_airflow_loads_our_plugins(tmp_path):
     assert "kosli_key_rotation" in report["plugins"], "the Key rotation page's plugin is loaded"
     assert "Key rotation" in report["external_views"]
     assert "kosli_rotation.inventory" not in report["modules"], "the plugin imports the library only when serving"
+    assert not list((REPO / "plugins").rglob("*.py")), "plugins/ holds nothing of the tool: it is an installed package"
 
 
-def test_without_the_ignore_file_a_plugin_module_shadows_the_real_package(tmp_path):
-    """The hazard the ignore file prevents, shown on a throwaway plugins folder."""
+def test_the_page_loads_from_the_installed_package_with_an_empty_plugins_folder(tmp_path):
+    """Cloud Composer, MWAA and Astronomer users install the package and copy nothing into their plugins folder."""
+    empty = tmp_path / "empty-plugins"
+    empty.mkdir()
+
+    report = load_plugins(empty, tmp_path)
+
+    assert report["plugins"].count("kosli_key_rotation") == 1, report["plugins"]
+    assert "Key rotation" in report["external_views"]
+    assert report["import_errors"] == {}
+
+
+def test_a_library_module_in_a_plugins_folder_shadows_the_real_package(tmp_path):
+    """The hazard that keeps the library out of plugins/, shown on a throwaway plugins folder."""
     plugins = tmp_path / "plugins"
     (plugins / "lib").mkdir(parents=True)
     (plugins / "lib" / "github.py").write_text("SHADOW = True\n")

@@ -4,8 +4,8 @@ Airflow calls ``get_provider_info`` through the ``apache_airflow_provider`` entr
 distribution (pyproject.toml) and checks ``package-name`` against the distribution's own name. Airflow 3 reads the
 connection form from here (``ui-field-behaviour``; ``conn-fields`` would add extra fields, and the Kosli form needs
 none), so the hook defines no deprecated ``get_ui_field_behaviour``. The "Key rotation" page is not declared under
-``plugins``: it still loads from ``plugins/kosli_rotation_ui.py``, outside this package, and the next step of
-issue 15 moves it in.
+``plugins``: Airflow 3.3 loads those only with ``[core] lazy_discover_providers = False``, so the page comes from the
+distribution's ``airflow.plugins`` entry point instead (``kosli_rotation.ui_plugin``), which every component loads.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Airflow plugin: the "Key rotation" page in the Airflow UI (kosli_rotation/dashboard_app.py, dashboard.py).
 
-The only module of this repo the plugin loader imports; the library stays out of its scan (plugins/.airflowignore).
-Every Airflow component loads plugins, but only the API server serves the page: the library is imported on the
-page's first request, so the scheduler, dag-processor and workers never hold a copy of it through this plugin.
+Declared by the distribution's ``airflow.plugins`` entry point (pyproject.toml), so it loads wherever the package is
+installed, whatever the deployment's plugins folder holds. Every Airflow component loads plugins, but only the API
+server serves the page: the library is imported on the page's first request, so the scheduler, dag-processor and
+workers never import the dashboard through this plugin.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Zero-downtime rotation of Kosli service-account API keys, orchestrated by Apache Airflow.
 
-This package is the library behind ``dags/kosli_key_rotation.py``. It lives in ``plugins/`` so
-that Airflow puts it on ``sys.path`` for the scheduler, workers and triggerer alike, and
-``plugins/.airflowignore`` keeps Airflow's plugin loader from importing its modules one by one.
+This package is the library behind ``dags/kosli_key_rotation.py``, installed as the provider distribution
+``airflow-provider-kosli-rotation``: the scheduler, workers and triggerer import it from site-packages, never from
+a plugins folder (whose loader would import each module under its bare file name).
 
 Importing it pins the client libraries' loggers to WARNING (``client_logging``): credentials they would log at
 DEBUG never reach a log, whatever level the deployment runs at.
