@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, chain
 
-from kosli_rotation.inventory import InventoryError, KeyEntry, load_inventory
+from kosli_rotation.inventory import Inventory, KeyEntry
 from kosli_rotation.rollback import Rollback, on_rollback_step_failure, rollback_dag_id
 from kosli_rotation.taskflow import (
     FIRST_DAY,
@@ -80,22 +80,21 @@ def rollback_dag(entry: KeyEntry) -> DAG:
     )
 
 
-try:
-    entries = load_inventory().entries
-except InventoryError:  # the rotation DAG file reports it, naming the file; no key can be rolled back meanwhile
-    entries = []
-
-for entry in entries:
-    rollback = Rollback(entry)
-    with rollback_dag(entry) as dag:
-        chain(
-            step(rollback.check_rollback_possible),
-            step(rollback.restore_old_key_in_vault),
-            *for_each_consumer_batch(rollback.fan_out_old_key, rollback.verify_consumers),
-            gate(rollback.all_consumers_verified),
-            step(rollback.revoke_new_key),
-            step(rollback.confirm_new_key_dead),
-            step(rollback.finalize_rollback),
-        )
-        fail_the_run_if_any_step_failed(dag)
-    globals()[dag.dag_id] = dag
+def rollback_dags(inventory: Inventory) -> list[DAG]:
+    """One manual rollback DAG per valid key of the inventory."""
+    dags = []
+    for entry in inventory.entries:
+        rollback = Rollback(entry)
+        with rollback_dag(entry) as dag:
+            chain(
+                step(rollback.check_rollback_possible),
+                step(rollback.restore_old_key_in_vault),
+                *for_each_consumer_batch(rollback.fan_out_old_key, rollback.verify_consumers),
+                gate(rollback.all_consumers_verified),
+                step(rollback.revoke_new_key),
+                step(rollback.confirm_new_key_dead),
+                step(rollback.finalize_rollback),
+            )
+            fail_the_run_if_any_step_failed(dag)
+        dags.append(dag)
+    return dags

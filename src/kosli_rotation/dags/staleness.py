@@ -17,8 +17,9 @@ shows which key needs attention:
   wrote there.
 
 A check that cannot run (Vault or Kosli unreachable, a consumer refusing our credentials) is a problem
-too: this DAG exists to prove that every key is healthy. So is an invalid inventory entry, or an
-unreadable inventory (its task is then labelled `inventory`).
+too: this DAG exists to prove that every key is healthy. So is an invalid inventory entry (its task is labelled
+with the entry's name, or `keys[N]`). An unreadable inventory builds no DAG at all: the DAG file's import error
+names the file and the line.
 
 It reads the record's non-secret summary in Vault's `custom_metadata` (the key itself only when that
 summary is missing or out of date, to compute its fingerprint), never returns or logs a key, and
@@ -33,7 +34,7 @@ from typing import Any
 from airflow.sdk import DAG, CronTriggerTimetable, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from kosli_rotation.inventory import BrokenEntry, Inventory, InventoryError, inventory_path, load_inventory
+from kosli_rotation.inventory import BrokenEntry, Inventory, KeyEntry
 from kosli_rotation.notifications import notify_staleness
 from kosli_rotation.staleness import check_key
 from kosli_rotation.staleness_expiry import remember_notices
@@ -41,6 +42,7 @@ from kosli_rotation.taskflow import FIRST_DAY
 
 #: After the rotation DAGs' default due check (06:00 UTC), so a key due today is rotated before it is judged.
 SCHEDULE = "0 7 * * *"
+DAG_ID = "kosli_key_staleness"
 
 log = logging.getLogger("kosli_rotation.staleness")
 
@@ -49,47 +51,42 @@ def _label(broken: BrokenEntry) -> str:
     return broken.name if isinstance(broken.name, str) else f"keys[{broken.index}]"
 
 
-try:
-    inventory = load_inventory()
-except InventoryError as error:  # the rotation DAG file reports it as an import error; here it fails daily
-    inventory, unreadable = Inventory(path=inventory_path()), [str(error)]
-else:
-    unreadable = []
-keys = {entry.name: entry for entry in inventory.entries}
-invalid = {_label(broken): broken.problems for broken in inventory.broken}
-if unreadable:
-    invalid["inventory"] = unreadable
+def staleness_dag(inventory: Inventory) -> DAG:
+    """The daily check: one mapped task instance per key (and per invalid entry, which fails saying why)."""
+    keys: dict[str, KeyEntry] = {entry.name: entry for entry in inventory.entries}
+    invalid = {_label(broken): broken.problems for broken in inventory.broken}
 
+    @task(map_index_template="{{ key_name }}", retries=0)
+    def check_that_the_key_is_fresh(name: str) -> dict[str, Any]:
+        """Check one key; if anything is wrong, notify its `notify` targets and fail."""
+        context = get_current_context()
+        context["key_name"] = name  # type: ignore[typeddict-unknown-key]
+        if name in invalid:
+            raise AirflowFailException("the inventory is invalid:\n" + "\n".join(invalid[name]))
+        entry = keys[name]
+        health = check_key(entry)
+        facts = health.facts(dag_id=context["dag"].dag_id, run_id=context["dag_run"].run_id)
+        for finding in health.findings:
+            log.log(logging.ERROR if finding.problem else logging.INFO, "[%s] %s", finding.check, finding.message)
+        if health.problems:
+            if any(finding.notify for finding in health.problems):  # not an expiry warning announced already
+                notify_staleness(entry.notify, facts, context)
+                remember_notices(health)
+            raise AirflowFailException(health.summary())
+        return facts
 
-@task(map_index_template="{{ key_name }}", retries=0)
-def check_that_the_key_is_fresh(name: str) -> dict[str, Any]:
-    """Check one key; if anything is wrong, notify its `notify` targets and fail."""
-    context = get_current_context()
-    context["key_name"] = name  # type: ignore[typeddict-unknown-key]
-    if name in invalid:
-        raise AirflowFailException("the inventory is invalid:\n" + "\n".join(invalid[name]))
-    entry = keys[name]
-    health = check_key(entry)
-    facts = health.facts(dag_id=context["dag"].dag_id, run_id=context["dag_run"].run_id)
-    for finding in health.findings:
-        log.log(logging.ERROR if finding.problem else logging.INFO, "[%s] %s", finding.check, finding.message)
-    if health.problems:
-        if any(finding.notify for finding in health.problems):  # not an expiry warning announced already
-            notify_staleness(entry.notify, facts, context)
-            remember_notices(health)
-        raise AirflowFailException(health.summary())
-    return facts
-
-
-with DAG(
-    dag_id="kosli_key_staleness",
-    dag_display_name="Kosli keys: daily staleness check",
-    description="Alerts when a Kosli key is past its max age, its rotation failed, or a consumer holds a stale value",
-    doc_md=__doc__,
-    schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
-    start_date=FIRST_DAY,
-    catchup=False,
-    max_active_runs=1,
-    tags={"kosli", "key-rotation", "staleness"},
-) as dag:
-    check_that_the_key_is_fresh.expand(name=[*keys, *invalid])
+    with DAG(
+        dag_id=DAG_ID,
+        dag_display_name="Kosli keys: daily staleness check",
+        description=(
+            "Alerts when a Kosli key is past its max age, its rotation failed, or a consumer holds a stale value"
+        ),
+        doc_md=__doc__,
+        schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+        start_date=FIRST_DAY,
+        catchup=False,
+        max_active_runs=1,
+        tags={"kosli", "key-rotation", "staleness"},
+    ) as dag:
+        check_that_the_key_is_fresh.expand(name=[*keys, *invalid])
+    return dag
