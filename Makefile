@@ -52,11 +52,11 @@ machine-soak: venv
 bench: venv
 	$(BIN)/python -m bench
 
-# Re-pin the whole dependency tree after changing requirements*.txt.
+# Re-pin the whole dependency tree after changing requirements*.txt (--all: setuptools and wheel build the provider).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
-	.lock-venv/bin/python -m pip freeze --exclude-editable > constraints.txt
+	.lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip==' > constraints.txt
 	rm -rf .lock-venv
 
 clean:

@@ -71,6 +71,9 @@ def test_the_wheel_declares_the_entry_point_airflow_reads(wheel):
     assert dict(entry_points["apache_airflow_provider"]) == {
         "provider_info": "kosli_rotation.provider_info:get_provider_info"
     }
+    assert dict(entry_points["airflow.plugins"]) == {
+        "kosli_key_rotation": "kosli_rotation.ui_plugin:KosliKeyRotationPlugin"
+    }, "the Key rotation page ships in the wheel, not in a plugins folder"
 
 
 def test_the_provider_info_passes_airflows_own_schema_and_names_the_distribution():
