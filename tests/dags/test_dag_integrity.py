@@ -253,3 +253,40 @@ def test_the_dags_folder_holds_one_short_file_that_only_builds_the_dags():
     (dag_file,) = (REPO / "dags").glob("*.py")
     code = [line for line in dag_file.read_text().split('"""')[2].splitlines() if line.strip()]
     assert code == ["from kosli_rotation.dags import build_dags", "globals().update(build_dags())"]
+
+
+def test_a_large_inventory_can_be_built_in_two_files_that_together_hold_the_same_dags(
+    no_network, inventory, tmp_path, monkeypatch
+):
+    """Hundreds of keys: each file parses about half the DAGs and stays under Airflow's import timeout."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    inventory({"keys": [entry("ci-bot"), entry("deploy-bot")]})
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    # Airflow's safe mode parses only files that say "airflow" and "dag": the docstring does.
+    build = '"""Airflow DAGs."""\nimport kosli_rotation.dags as d\nglobals().update(d.build_dags(include={!r}))\n'
+    (folder / "kosli_rotations.py").write_text(build.format(["rotation", "staleness"]))
+    (folder / "kosli_rollbacks.py").write_text(build.format(["rollback"]))
+
+    split = DagBag(dag_folder=str(folder))
+
+    assert split.import_errors == {}
+    assert set(split.dags) == set(parse_dags(monkeypatch).dags)
+    assert {Path(dag.fileloc).name for dag_id, dag in split.dags.items() if dag_id.startswith("rollback_")} == {
+        "kosli_rollbacks.py"
+    }, "each DAG belongs to the file that built it (what the worker parses to run its tasks)"
+
+
+def test_an_unknown_family_is_an_import_error_naming_the_choices(no_network, inventory, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    inventory({"keys": [entry("ci-bot")]})
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    code = '"""Airflow DAGs."""\nfrom kosli_rotation.dags import build_dags\nbuild_dags(include=["rotations"])\n'
+    (folder / "kosli.py").write_text(code)
+
+    (error,) = DagBag(dag_folder=str(folder)).import_errors.values()
+
+    assert "unknown ['rotations']; choose from ['rollback', 'rotation', 'staleness']" in error
