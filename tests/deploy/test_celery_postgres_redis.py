@@ -35,8 +35,9 @@ from tests.support.scenario import Scenario, start_kosli
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 WORKER = "celery worker"
-#: Real seconds in a Kosli hour: a 'rotate' asking for a 1 h grace waits this long, deferred.
-KOSLI_HOUR = 5.0
+#: Real seconds in a Kosli hour: a 'rotate' asking for a 1 h grace waits this long after Kosli's rotate; long
+#: enough that the run reaches its grace wait (fan-out, verification, each a Celery task) before it ends.
+KOSLI_HOUR = 45.0
 FAN_OUT = "consumers.fan_out"
 
 
@@ -144,8 +145,11 @@ def world(airflow_db: Path, openbao: Any, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_a_rotate_on_celery_waits_out_the_grace_and_leaves_one_live_key(world: Celery) -> None:
-    tasks = world.finish(world.trigger(strategy="rotate", grace_hours=1))
+    run_id = world.trigger(strategy="rotate", grace_hours=1)
+    tasks = world.finish(run_id)
     assert tasks["wait_grace"]["state"] == "success"
+    log = "\n".join(world.airflow.api.task_log(world.scenario.dag_id, run_id, tasks["wait_grace"]))
+    assert "Deferring until the grace period ends" in log and "Grace period over" in log, "the triggerer waited"
     assert {tasks[f"{FAN_OUT}[{index}]"]["state"] for index in (0, 1)} == {"success"}, "two consumer batches"
     world.assert_one_live_key()
 
