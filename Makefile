@@ -28,12 +28,15 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Debian packages the tests drive: Chromium, headless, for the page's browser test, and libfaketime for a worker
-# whose clock runs ahead (tests/e2e/test_guarantees_under_attack.py). A fresh Debian machine (CI) gets them from apt.
+# Debian packages the tests drive: Chromium, headless, for the page's browser test, libfaketime for a worker
+# whose clock runs ahead (tests/e2e/test_guarantees_under_attack.py), and PostgreSQL and Redis for the Celery
+# deployment (tests/deploy/test_celery_postgres_redis.py). A fresh Debian machine (CI) gets them from apt.
 LIBFAKETIME := /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+POSTGRES := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 system-packages:
-	@test -x /usr/bin/chromium -a -e $(LIBFAKETIME) || { export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq chromium faketime >/dev/null; }
+	@test -x /usr/bin/chromium -a -e $(LIBFAKETIME) -a -n "$(POSTGRES)" -a -x /usr/bin/redis-server || \
+		{ export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium faketime postgresql redis-server >/dev/null; }
 
 # Two pytest-xdist workers, each taking whole files (a file's module fixtures start once): most tests wait on
 # services and clocks, not on the CPU. TEST_WORKERS=0 runs them in one process.

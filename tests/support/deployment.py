@@ -1,5 +1,7 @@
 """A small real Airflow deployment for the tests that need one: API server, scheduler (LocalExecutor), triggerer and
 DAG processor, each its own process, on their own SQLite database, the repo's DAGs and the scenario's inventory.
+Another executor, metadata database or extra components (a Celery worker) come through ``env`` and ``components``
+(``tests/support/celery_stack.py``).
 
 ``dag.test()`` runs a deferred task's trigger inline, in the task's own process, and makes only manual runs; proving
 that a scheduled run waits *deferred, holding no worker slot* needs the real scheduler making the run from the DAG's
@@ -27,7 +29,7 @@ COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")
 class Deployment:
     """Start with ``with Deployment(home, env) as airflow:``; everything it started is stopped on exit."""
 
-    def __init__(self, home: Path, **env: str) -> None:
+    def __init__(self, home: Path, components: tuple[str, ...] = COMPONENTS, **env: str) -> None:
         home.mkdir(parents=True, exist_ok=True)
         api, worker_logs, trigger_logs, health = free_ports(4)
         self.home = home
@@ -35,8 +37,8 @@ class Deployment:
         password_file = home / "passwords.json"
         password = secrets.token_urlsafe(12)
         password_file.write_text(json.dumps({USER: password}))
-        self.env = other_deployment(
-            home,
+        self.components = components
+        settings = dict(
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
             AIRFLOW__CORE__PARALLELISM="4",
             AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.url}/execution/",
@@ -53,24 +55,16 @@ class Deployment:
             AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="5",
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
             AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="1",
-            **env,
         )
+        self.env = other_deployment(home, **{**settings, **env})
         self.api = AirflowApi(self.url, USER, password)
         self.supervisor = Supervisor()
         self.processes: list[ManagedProcess] = []
 
     def __enter__(self) -> Self:
         try:
-            for component in COMPONENTS:
-                self.processes.append(
-                    self.supervisor.start(
-                        f"airflow {component}",
-                        [AIRFLOW, component],
-                        log=self.home / f"{component}.log",
-                        env=self.env,
-                        cwd=self.home,
-                    )
-                )
+            for component in self.components:
+                self.start_component(component)
             wait_for("the API server to answer", self._healthy, timeout=180, watch=self.processes, hint=self.logs())
             self.api.log_in()
         except BaseException:
@@ -81,11 +75,23 @@ class Deployment:
     def __exit__(self, *exc_info: object) -> None:
         self.supervisor.stop_all()
 
+    def start_component(self, component: str) -> ManagedProcess:
+        """Start ``airflow <component>`` (words split on spaces, e.g. ``celery worker``), its log in the home."""
+        process = self.supervisor.start(
+            f"airflow {component}",
+            [AIRFLOW, *component.split()],
+            log=self.home / f"{component.replace(' ', '-')}.log",
+            env=self.env,
+            cwd=self.home,
+        )
+        self.processes.append(process)
+        return process
+
     def _healthy(self) -> bool | None:
         return True if self.api.healthy() else None
 
     def logs(self) -> str:
-        return f"Logs: {', '.join(str(self.home / f'{name}.log') for name in COMPONENTS)}"
+        return f"Logs: {', '.join(str(process.log) for process in self.processes)}"
 
     def wait(self, what: str, check: Any, timeout: float = 180) -> Any:
         """Poll ``check`` (None or False: not yet) while every component still runs."""
