@@ -27,8 +27,10 @@ COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")
 class Deployment:
     """Start with ``with Deployment(home, env) as airflow:``; everything it started is stopped on exit."""
 
-    def __init__(self, home: Path, **env: str) -> None:
+    def __init__(self, home: Path, airflow: str = AIRFLOW, **env: str) -> None:
+        """``airflow``: the command the components run as (default: this venv's); ``env`` overrides the rest."""
         home.mkdir(parents=True, exist_ok=True)
+        self.airflow = airflow
         api, worker_logs, trigger_logs, health = free_ports(4)
         self.home = home
         self.url = f"http://{LOOPBACK}:{api}"
@@ -37,6 +39,7 @@ class Deployment:
         password_file.write_text(json.dumps({USER: password}))
         self.env = other_deployment(
             home,
+            airflow,
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
             AIRFLOW__CORE__PARALLELISM="4",
             AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.url}/execution/",
@@ -65,7 +68,7 @@ class Deployment:
                 self.processes.append(
                     self.supervisor.start(
                         f"airflow {component}",
-                        [AIRFLOW, component],
+                        [self.airflow, component],
                         log=self.home / f"{component}.log",
                         env=self.env,
                         cwd=self.home,
