@@ -103,6 +103,12 @@ class Deployment:
     def dag(self, dag_id: str) -> dict[str, Any]:
         return self.api._call("GET", f"/dags/{dag_id}/details")
 
+    def connection_forms(self) -> dict[str, dict[str, Any]]:
+        """What the UI's "Add Connection" form offers, by connection type (the UI's own endpoint, not /api/v2)."""
+        response = self.api._session.get(f"{self.url}/ui/connections/hook_meta", timeout=30)
+        response.raise_for_status()
+        return {form["connection_type"]: form for form in response.json()}
+
     def busy_workers(self) -> list[str]:
         """The titles of this deployment's LocalExecutor workers that run a task (an idle one says ``<idle>``;
         a busy one names its task instance)."""
