@@ -61,7 +61,11 @@ def wheelhouse(wheel: Path) -> Path:
     partial.mkdir(parents=True)
     wanted = partial / "requirements.txt"
     wanted.write_text("\n".join(requirements) + "\n")
-    _pip(sys.executable, "wheel", "-r", str(wanted), "-c", str(CONSTRAINTS), "-w", str(partial), "--quiet")
+    try:
+        _pip(sys.executable, "wheel", "-r", str(wanted), "-c", str(CONSTRAINTS), "-w", str(partial), "--quiet")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave half a wheelhouse behind
+        raise
     (partial / "COMPLETE").write_text("\n".join(requirements) + "\n")
     try:
         partial.rename(house)
