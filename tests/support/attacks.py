@@ -181,16 +181,18 @@ def failure_text(scenario: Scenario, log_text: str = "") -> str:
 # -- other Airflow deployments, other workers -----------------------------------------------------------
 
 
-def other_deployment(home: Path, **env: str) -> dict[str, str]:
-    """The environment of another Airflow deployment (its own metadata database), same inventory and
-    connections as this process unless ``env`` says otherwise."""
+def other_deployment(home: Path, airflow: str = AIRFLOW, **env: str) -> dict[str, str]:
+    """The environment of another Airflow deployment (its own metadata database, migrated by ``airflow``), same
+    inventory and connections as this process unless ``env`` says otherwise."""
+    home.mkdir(parents=True, exist_ok=True)
     environment = {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         **env,
     }
-    subprocess.run([AIRFLOW, "db", "migrate"], env=environment, check=True, capture_output=True, cwd=REPO)
+    migrated = subprocess.run([airflow, "db", "migrate"], env=environment, capture_output=True, text=True, cwd=home)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
     return environment
 
 

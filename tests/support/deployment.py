@@ -29,8 +29,12 @@ COMPONENTS = ("api-server", "dag-processor", "triggerer", "scheduler")
 class Deployment:
     """Start with ``with Deployment(home, env) as airflow:``; everything it started is stopped on exit."""
 
-    def __init__(self, home: Path, components: tuple[str, ...] = COMPONENTS, **env: str) -> None:
+    def __init__(
+        self, home: Path, components: tuple[str, ...] = COMPONENTS, airflow: str = AIRFLOW, **env: str
+    ) -> None:
+        """``airflow``: the command the components run as (default: this venv's); ``env`` overrides the rest."""
         home.mkdir(parents=True, exist_ok=True)
+        self.airflow = airflow
         api, worker_logs, trigger_logs, health = free_ports(4)
         self.home = home
         self.url = f"http://{LOOPBACK}:{api}"
@@ -56,7 +60,7 @@ class Deployment:
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
             AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="1",
         )
-        self.env = other_deployment(home, **{**settings, **env})
+        self.env = other_deployment(home, airflow, **{**settings, **env})
         self.api = AirflowApi(self.url, USER, password)
         self.supervisor = Supervisor()
         self.processes: list[ManagedProcess] = []
@@ -79,7 +83,7 @@ class Deployment:
         """Start ``airflow <component>`` (words split on spaces, e.g. ``celery worker``), its log in the home."""
         process = self.supervisor.start(
             f"airflow {component}",
-            [AIRFLOW, *component.split()],
+            [self.airflow, *component.split()],
             log=self.home / f"{component.replace(' ', '-')}.log",
             env=self.env,
             cwd=self.home,
@@ -117,3 +121,9 @@ class Deployment:
             except OSError:
                 continue  # it ended while we looked
         return [title for title in titles if "LocalExecutor:" in title and "<idle>" not in title]
+
+    def connection_forms(self) -> dict[str, dict[str, Any]]:
+        """What the UI's "Add Connection" form offers, by connection type (the UI's own endpoint, not /api/v2)."""
+        response = self.api._session.get(f"{self.url}/ui/connections/hook_meta", timeout=30)
+        response.raise_for_status()
+        return {form["connection_type"]: form for form in response.json()}
