@@ -22,6 +22,7 @@ import pytest
 from kosli_rotation.consumer_engine import ConsumerEngine, for_each_consumer
 from kosli_rotation.consumers import github_pace
 from kosli_rotation.consumers.github_pace import PACE_PATH, token_digest
+from kosli_rotation.errors import ConsumerError
 from kosli_rotation.inventory import Inventory, KeyEntry
 from kosli_rotation.key_store import KeyStore
 from kosli_rotation.vault_policy import vault_policy
@@ -195,3 +196,12 @@ def test_the_generated_vault_policy_is_enough_for_the_lease(
     assert github.secret_value("acme/r1", "KOSLI_API_TOKEN") == key
     leases = root.secrets.kv.v2.list_secrets(path=PACE_PATH, mount_point=vault_mount)["data"]["keys"]
     assert leases == [token_digest(github.url, f"token {TOKEN_A}")]
+
+
+def test_building_a_batch_reads_no_connection_until_a_consumer_talks_to_github() -> None:
+    """The gate and the evidence notes build the consumers too: a missing connection fails where GitHub is used."""
+    entry = KeyEntry.model_validate(_entry([_secret("a1", "github_nowhere", "acme/r1")]))
+    consumers = ConsumerEngine(entry, KeyStore(RECORD)).consumers()
+    with pytest.raises(ConsumerError) as raised:
+        consumers[0].check_access()
+    assert "'github_nowhere' is not defined" in str(raised.value) and not raised.value.retryable

@@ -190,3 +190,18 @@ class GithubSession:
         repository = call(f"read repository {full_name}", lambda: self.github.get_repo(full_name))
         with self._lock:
             return self._repositories.setdefault(known, repository)
+
+
+class SharedSession:
+    """A session made on first use (building consumers must not read connections: the gate builds them too)."""
+
+    def __init__(self, make: Callable[[], GithubSession]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._session: GithubSession | None = None
+
+    def get(self) -> GithubSession:
+        with self._lock:
+            if self._session is None:
+                self._session = self._make()
+            return self._session

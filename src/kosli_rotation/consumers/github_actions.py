@@ -16,6 +16,7 @@ PyGithub's own retries (unbounded waits) are off: the shared ``Transport`` retri
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -27,7 +28,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kosli_rotation.consumers import transport
-from kosli_rotation.consumers._github_client import GithubSession, SecretMetadata
+from kosli_rotation.consumers._github_client import GithubSession, SecretMetadata, SharedSession
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport
 
@@ -180,7 +181,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
 
     def __init__(self, config: GithubActionsConfig) -> None:
         super().__init__(config)
-        self._shared: GithubSession | None = None
+        self._shared = SharedSession(lambda: self._new_session(None))
         needs = ", Environments read" if config.environment else ""
         needs += ", Actions write for the canary" if config.canary else ""
         fill = {"conn_id": config.conn_id, "target": self.target, "needs": needs}
@@ -205,12 +206,12 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
     def share(cls, consumers: list[Consumer], vault: KeyStore | None) -> None:
         """The consumers of one connection in one task share one client, one public key per scope, one listing
         per scope, and the token's pace (a lease in ``vault``, the key's Vault, when given)."""
-        sessions: dict[str, GithubSession] = {}
+        sessions: dict[str, SharedSession] = {}
         for consumer in consumers:
             assert isinstance(consumer, GithubActionsConsumer)
             conn_id = consumer.config.conn_id
             if conn_id not in sessions:
-                sessions[conn_id] = consumer._new_session(vault)
+                sessions[conn_id] = SharedSession(functools.partial(consumer._new_session, vault))
             consumer._shared = sessions[conn_id]
 
     def _new_session(self, vault: KeyStore | None) -> GithubSession:
@@ -223,9 +224,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         )
 
     def _session(self) -> GithubSession:
-        if self._shared is None:
-            self._shared = self._new_session(None)
-        return self._shared
+        return self._shared.get()
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """One GitHub interaction under the shared retry policy; ``what`` completes "cannot ..."."""
