@@ -32,6 +32,7 @@ import requests
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
+from sandbox.request_log import RequestLog, Served, credential_label
 from sandbox.server import (
     ADMIN_PREFIX,
     Abort,
@@ -333,6 +334,8 @@ class GitHubSandbox(SandboxServer):
         self._tokens: dict[str, _Token] = {}
         self._apps: dict[str, _App] = {}  # str(app id) -> app
         self._installation_tokens: list[str] = []
+        #: Every API request served (test-only view; tokens appear as digests).
+        self.request_log = RequestLog()
         self._orgs: dict[str, _Org] = {}  # lower-case login -> org
         self._repos: dict[str, _Repo] = {}  # lower-case owner/name -> repo
         self._run_threads: list[threading.Thread] = []
@@ -621,8 +624,14 @@ class GitHubSandbox(SandboxServer):
         return _error(400, "Problems parsing JSON")
 
     def process(self, request: Request) -> Response | None:
-        """Every API answer, errors and injected faults included, carries the caller's rate-limit headers."""
+        """Every API answer, errors and injected faults included, carries the caller's rate-limit headers; every
+        request is in ``request_log`` with its token's digest and when it arrived and was answered."""
+        started = time.monotonic()
         response = super().process(request)
+        if not request.path.startswith(ADMIN_PREFIX):
+            route = self._resolve(request).name
+            label = credential_label(_presented_token(request))
+            self.request_log.add(Served(label, request.method, route, started, time.monotonic()))
         if response is not None and not request.path.startswith(ADMIN_PREFIX):
             token = _presented_token(request)
             with self.lock:
@@ -641,6 +650,15 @@ class GitHubSandbox(SandboxServer):
         except LookupError as error:
             return json_response(404, {"message": str(error)})
         return json_response(200, {"value": value})
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.request_log.clear()
+
+    @route("GET", r"/_sandbox/requests")
+    def _admin_request_log(self, request: Request) -> Response:
+        """Test-only: every API request served, with its token's digest and when it started and ended."""
+        return json_response(200, {"requests": self.request_log.as_json()})
 
     @route("GET", r"/_sandbox/runs")
     def _admin_runs(self, request: Request) -> Response:

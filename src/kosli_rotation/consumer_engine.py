@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from kosli_rotation.consumers import Consumer, build_consumer
+from kosli_rotation.consumers import Consumer, build_consumers
 from kosli_rotation.errors import ConsumerError
 from kosli_rotation.fingerprints import digest, fingerprint
 from kosli_rotation.inventory import KeyEntry
@@ -122,7 +122,10 @@ class ConsumerEngine:
         self.store = store
 
     def consumers(self, names: list[str] | None = None) -> list[Consumer]:
-        return [build_consumer(self.entry.consumer(name)) for name in (names or self.entry.consumer_names)]
+        """The consumers named (all by default), built together: a kind may share a client and, through the key's
+        Vault, a pace (GitHub's per-token lease)."""
+        configs = [self.entry.consumer(name) for name in (names or self.entry.consumer_names)]
+        return build_consumers(configs, vault=self.store)
 
     # -- evidence notes ----------------------------------------------------------------------------
 

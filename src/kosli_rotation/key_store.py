@@ -83,7 +83,7 @@ def open_vault(conn_id: str) -> tuple[hvac.Client, str]:
         raise KeyStoreError(f"cannot connect to Vault through connection {conn_id!r}: {error}") from error
 
 
-def _vault_delay(error: Exception, attempt: int) -> float | None:
+def vault_delay(error: Exception, attempt: int) -> float | None:
     """Retry Vault when it is unreachable, sealed or overloaded; never on a refusal."""
     import hvac.exceptions
     import requests
@@ -157,7 +157,7 @@ class KeyStore:
     def _retried(self, action: Callable[[], T], doing: str, deadline: float | None = None) -> T:
         """``action`` retried while Vault is away (until ``deadline``, else 5 attempts), never on a refusal."""
         attempts = None if deadline else 5
-        return call_with_retries(action, delay_for=_vault_delay, what=doing, deadline=deadline, max_attempts=attempts)
+        return call_with_retries(action, delay_for=vault_delay, what=doing, deadline=deadline, max_attempts=attempts)
 
     def _denied(self, doing: str) -> InvalidRequestError:
         return InvalidRequestError(

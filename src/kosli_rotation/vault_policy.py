@@ -6,7 +6,8 @@ prints an HCL policy. The worker's (the default) grants exactly: read and write 
 consumer status notes beside it; updates of the record's metadata limited to its ``custom_metadata`` (the summary:
 never ``max_versions``, ``delete_version_after`` or ``cas_required``, which could destroy the version history);
 audit entries that can be created and read but never overwritten (write-once); the minted keys parked beside the
-record; and the Vault paths listed as consumers. Nothing else: no list of the mount, no delete or destroy of a
+record; the Vault paths listed as consumers; and, for entries with GitHub consumers, the per-token pace leases
+(``kosli-rotation/github-pace/*`` in the entry's mount). Nothing else: no list of the mount, no delete or destroy of a
 record, no sys/ beyond Vault's default policy.
 
 ``--page`` prints the policy of the Airflow UI's Key rotation page (its own connection,
@@ -25,6 +26,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from kosli_rotation.consumers.github_actions import GithubActionsConfig
+from kosli_rotation.consumers.github_pace import PACE_PATH
 from kosli_rotation.consumers.vault_kv import VaultKvConfig
 from kosli_rotation.inventory import Inventory, KeyEntry, load_inventory
 
@@ -105,6 +108,9 @@ def _worker_rules(inventory: Inventory, default_mount: str) -> Iterator[Rule]:
         yield Rule(f"{mount}/data/{record}/unclaimed/*", READ_WRITE, "minted keys parked after losing their fence")
         yield Rule(f"{mount}/metadata/{record}/unclaimed/", ("list",), "finding parked keys to revoke")
         yield Rule(f"{mount}/metadata/{record}/unclaimed/*", ("delete",), "forgetting a parked key once it is dead")
+        if any(isinstance(consumer, GithubActionsConfig) for consumer in entry.consumers):
+            why = "the pace of each GitHub token: a lease per token (a digest names it, never the token)"
+            yield Rule(f"{mount}/data/{PACE_PATH}/*", READ_WRITE, why)
         for consumer in entry.consumers:
             if isinstance(consumer, VaultKvConfig) and consumer.conn_id == entry.vault_conn_id:
                 what = f"inventory entry {entry.name!r}: consumer {consumer.name!r}"

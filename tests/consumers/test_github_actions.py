@@ -274,7 +274,7 @@ def test_read_only_token_is_a_403_refusal(world: World) -> None:
         world.consumer().check_access()
     assert not raised.value.retryable
     assert "403" in str(raised.value) and "Secrets write" in str(raised.value)
-    assert world.github.stats()["total_requests"] == 2  # the repository, then the refused public key
+    assert world.github.stats()["total_requests"] == 1  # the refused public key: no repository lookup first
 
 
 def test_organization_secret_needs_an_org_admin_token(world: World) -> None:
@@ -341,8 +341,8 @@ def test_secondary_limit_without_retry_after_waits_what_github_asks(
 
 
 def test_primary_rate_limit_waits_for_the_reset(world: World) -> None:
-    world.github.apply_settings({"primary_limit": 2, "primary_window": 1.0})
-    world.consumer().write(world.key)  # GET repo and GET key use the window up; the PUT waits for the reset
+    world.github.apply_settings({"primary_limit": 1, "primary_window": 1.0})
+    world.consumer().write(world.key)  # GET key uses the window up; the PUT waits for the reset
 
     assert world.github.stats()["rate_limited"] >= 1
     assert world.github.secret_value("acme/app", SECRET) == world.key

@@ -490,3 +490,27 @@ def test_cli_serves_a_seeded_sandbox(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+# -- the request log --------------------------------------------------------------------------------------------
+
+
+def test_the_request_log_has_each_request_with_its_token_digest_and_times(github: GitHub) -> None:
+    github.server.apply_settings({"latency": 0.05})
+    github.put_secret("/repos/acme/app/actions", "ONE", "v", token=ADMIN)
+    github.call("GET", "/repos/acme/app/actions/secrets", READER)
+
+    served = github.server.request_log.entries()
+    assert [(entry.method, entry.route) for entry in served] == [
+        ("GET", "get_public_key"),
+        ("PUT", "put_secret"),
+        ("GET", "list_secrets"),
+    ]
+    assert all(entry.ended - entry.started >= 0.05 for entry in served)
+    writes = github.server.request_log.entries(credential=ADMIN, mutating=True)
+    assert [entry.route for entry in writes] == ["put_secret"]
+    assert github.server.request_log.entries(credential=READER)[0].route == "list_secrets"
+    over_http = requests.get(f"{github.server.url}/_sandbox/requests", timeout=5).text
+    assert ADMIN not in over_http and READER not in over_http and '"put_secret"' in over_http
+    github.server.reset_stats()
+    assert github.server.request_log.entries() == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
@@ -23,6 +23,9 @@ from kosli_rotation.consumers.jenkins_credential import JenkinsCredentialConfig,
 from kosli_rotation.consumers.kosli_cli_config import KosliCliConfigConfig, KosliCliConfigConsumer
 from kosli_rotation.consumers.kubernetes_secret import KubernetesSecretConfig, KubernetesSecretConsumer
 from kosli_rotation.consumers.vault_kv import VaultKvConfig, VaultKvConsumer
+
+if TYPE_CHECKING:
+    from kosli_rotation.key_store import KeyStore
 
 KINDS: dict[str, tuple[type[ConsumerConfig], type[Consumer]]] = {
     "vault_kv": (VaultKvConfig, VaultKvConsumer),
@@ -49,4 +52,21 @@ def build_consumer(config: ConsumerConfig) -> Consumer:
     return KINDS[config.kind][1](config)
 
 
-__all__ = ["KINDS", "AnyConsumerConfig", "Consumer", "ConsumerConfig", "Proof", "Verification", "build_consumer"]
+def build_consumers(configs: list[ConsumerConfig], vault: KeyStore | None = None) -> list[Consumer]:
+    """The consumer objects of one task, each kind's sharing what it may (``Consumer.share``)."""
+    built = [build_consumer(config) for config in configs]
+    for kind in dict.fromkeys(type(consumer) for consumer in built):
+        kind.share([consumer for consumer in built if type(consumer) is kind], vault)
+    return built
+
+
+__all__ = [
+    "KINDS",
+    "AnyConsumerConfig",
+    "Consumer",
+    "ConsumerConfig",
+    "Proof",
+    "Verification",
+    "build_consumer",
+    "build_consumers",
+]

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, ClassVar, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kosli_rotation.fingerprints import digest, short
+
+if TYPE_CHECKING:
+    from kosli_rotation.key_store import KeyStore
 
 CONSUMER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -92,6 +95,11 @@ class Consumer(ABC, Generic[ConfigT]):
     @property
     def name(self) -> str:
         return self.config.name
+
+    @classmethod
+    def share(cls, consumers: list[Consumer], vault: KeyStore | None) -> None:
+        """Let the consumers of this kind that one task builds together share what they may (a client, caches,
+        a pace kept in ``vault``, the key's Vault). The default shares nothing."""
 
     @abstractmethod
     def describe(self) -> str:

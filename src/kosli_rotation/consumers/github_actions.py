@@ -1,42 +1,43 @@
 """A GitHub Actions secret (repository, environment or organization) that workflows read the key from.
 
-Written through the Airflow GitHub provider's ``GithubHook`` (connection type ``github``: ``password`` is the
-token, ``host`` the API base URL for GitHub Enterprise Server, e.g. ``https://ghe.example.com/api/v3``; GitHub
-App auth through the connection's extras works too) and PyGithub, which seals the value with the target's
-public key. GitHub never returns a secret's value, so this consumer is write-only: ``verify`` checks the
-secret's ``updated_at`` and, when configured, dispatches a canary workflow that uses the secret and waits for
-it to succeed.
+Written through the Airflow GitHub provider's ``GithubHook`` connection (connection type ``github``: ``password``
+is the token, ``host`` the API base URL for GitHub Enterprise Server, e.g. ``https://ghe.example.com/api/v3``;
+GitHub App auth through the connection's extras works too) and PyGithub's requester. The value is sealed with the
+scope's public key. GitHub never returns a secret's value, so this consumer is write-only: ``verify`` checks the
+secret's ``updated_at`` and, when configured, dispatches a canary workflow that uses the secret and waits for it
+to succeed.
 
+The consumers of one connection in one task share a client (``_github_client``: a public key and a listing per
+scope, about two requests per secret), and every mutating request waits its turn in the token's pace
+(``github_pace``: one at a time and a second apart, across every process that shares the key's Vault).
 PyGithub's own retries (unbounded waits) are off: the shared ``Transport`` retries, with GitHub's own rules
-(``_classify``: a rate limit sent as 403; ``write``: a 422 after the public key changed). Its request spacing stays.
+(``_classify``: a rate limit sent as 403; ``write``: a 422 after the public key changed).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kosli_rotation.client_logging import pin_client_loggers
 from kosli_rotation.consumers import transport
+from kosli_rotation.consumers._github_client import GithubSession, SecretMetadata, SharedSession
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport
-from kosli_rotation.errors import ConsumerError
 
 if TYPE_CHECKING:
-    from github import Github
-    from github.Environment import Environment
-    from github.Organization import Organization
-    from github.OrganizationSecret import OrganizationSecret
     from github.Repository import Repository
-    from github.Secret import Secret
     from github.Workflow import Workflow
     from github.WorkflowRun import WorkflowRun
+
+    from kosli_rotation.key_store import KeyStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -180,7 +181,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
 
     def __init__(self, config: GithubActionsConfig) -> None:
         super().__init__(config)
-        self._client: Github | None = None
+        self._shared = SharedSession(lambda: self._new_session(None))
         needs = ", Environments read" if config.environment else ""
         needs += ", Actions write for the canary" if config.canary else ""
         fill = {"conn_id": config.conn_id, "target": self.target, "needs": needs}
@@ -188,8 +189,6 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         self._transport = Transport(
             consumer=self.name, service="GitHub", conn_id=config.conn_id, classify=_classify, fixes=fixes
         )
-        self._scope: Repository | Environment | Organization | None = None
-        self._repositories: dict[str, Repository] = {}
 
     @property
     def target(self) -> str:
@@ -203,104 +202,90 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
     def describe(self) -> str:
         return f"GitHub Actions secret {self.config.secret_name} of {self.target} (connection {self.config.conn_id})"
 
-    def _github(self) -> Github:
-        """PyGithub as the connection configures it (token or App, GHES host), minus PyGithub's own retries."""
-        if self._client is None:
-            from airflow.providers.github.hooks.github import GithubHook
-            from airflow.sdk.exceptions import AirflowNotFoundException
-            from github import Github
+    @classmethod
+    def share(cls, consumers: list[Consumer], vault: KeyStore | None) -> None:
+        """The consumers of one connection in one task share one client, one public key per scope, one listing
+        per scope, and the token's pace (a lease in ``vault``, the key's Vault, when given)."""
+        sessions: dict[str, SharedSession] = {}
+        for consumer in consumers:
+            assert isinstance(consumer, GithubActionsConsumer)
+            conn_id = consumer.config.conn_id
+            if conn_id not in sessions:
+                sessions[conn_id] = SharedSession(functools.partial(consumer._new_session, vault))
+            consumer._shared = sessions[conn_id]
 
-            from kosli_rotation.held_credentials import held_github_auth
+    def _new_session(self, vault: KeyStore | None) -> GithubSession:
+        return GithubSession(
+            self.config.conn_id,
+            self.name,
+            vault=vault,
+            spacing=lambda: SECONDS_BETWEEN_WRITES,
+            requests_apart=SECONDS_BETWEEN_REQUESTS,
+        )
 
-            conn_id = self.config.conn_id
-            try:
-                configured = GithubHook(github_conn_id=conn_id).get_conn()
-            except AirflowNotFoundException:  # or set but unreadable: the shared lookup tells which, and raises
-                example = f'AIRFLOW_CONN_{conn_id.upper()}=\'{{"conn_type": "github", "password": "<token>"}}\''
-                create = f"a 'github' connection with the token as password (e.g. {example})"
-                transport.connection_or_explain(conn_id, self.name, create)
-                raise
-            except ValueError as error:
-                message = f"Airflow connection {conn_id!r} cannot authenticate to GitHub: {error}"
-                raise ConsumerError(self.name, message, retryable=False) from None
-            pin_client_loggers()  # importing PyGithub set its logger to INFO; at DEBUG it logs token answers
-            auth = held_github_auth(configured.requester.auth)  # installation tokens held when minted
-            pace = dict(
-                seconds_between_requests=SECONDS_BETWEEN_REQUESTS, seconds_between_writes=SECONDS_BETWEEN_WRITES
-            )
-            self._client = Github(**{**configured.requester.kwargs, "auth": auth, "retry": None, **pace})
-        return self._client
+    def _session(self) -> GithubSession:
+        return self._shared.get()
 
     def _call(self, what: str, action: Callable[[], T]) -> T:
         """One GitHub interaction under the shared retry policy; ``what`` completes "cannot ..."."""
         return self._transport.call(action, what)
 
-    def _repository(self, full_name: str) -> Repository:
-        known = full_name.lower()
-        if known not in self._repositories:
-            github = self._github()
-            self._repositories[known] = self._call(f"read repository {full_name}", lambda: github.get_repo(full_name))
-        return self._repositories[known]
+    def _scoped(self, what: str, action: Callable[[], T]) -> T:
+        return self._call(f"{what} of {self.target}", action)
 
-    def _secrets_scope(self) -> Repository | Environment | Organization:
-        """The repository, environment or organization object that owns the secret (one GET, cached)."""
-        if self._scope is None:
-            config = self.config
-            if config.organization is not None:
-                github, login = self._github(), config.organization
-                self._scope = self._call(f"read organization {login}", lambda: github.get_organization(login))
-            else:
-                repository, environment = self._repository(str(config.repository)), config.environment
-                self._scope = repository
-                if environment is not None:
-                    self._scope = self._call(f"read {self.target}", lambda: repository.get_environment(environment))
-        return self._scope
+    @property
+    def _scope(self) -> str:
+        """The API path of the secrets of the target (repository, environment or organization)."""
+        config = self.config
+        if config.organization is not None:
+            return f"/orgs/{config.organization}/actions/secrets"
+        if config.environment is not None:
+            return f"/repos/{config.repository}/environments/{quote(config.environment, safe='')}/secrets"
+        return f"/repos/{config.repository}/actions/secrets"
 
-    def _current_secret(self) -> Secret | OrganizationSecret | None:
-        """The secret's metadata now, or None when it does not exist."""
-        from github.GithubException import UnknownObjectException
-
-        scope, name = self._secrets_scope(), self.config.secret_name
-
-        def fetch() -> Secret | OrganizationSecret | None:
-            try:
-                return scope.get_secret(name)
-            except UnknownObjectException:
-                return None
-
-        return self._call(f"read secret {name} of {self.target}", fetch)
+    def _current_secret(self) -> SecretMetadata | None:
+        """The secret's metadata now (from the scope's listing), or None when it does not exist."""
+        return self._session().secret(self._scope, self.config.secret_name, self._scoped)
 
     # -- the Consumer interface ------------------------------------------------------------------------------
 
     def check_access(self) -> None:
         """The target exists and the token may manage its secrets (the public key needs the same right)."""
-        scope = self._secrets_scope()
-        self._call(f"read the Actions public key of {self.target}", lambda: scope.get_public_key())
+        self._session().public_key(self._scope, self._scoped)
         if self.config.canary is not None:
             self._canary()
 
     def write(self, key: str) -> None:
+        """Seal with the scope's public key (fetched once per task) and PUT: one request per secret, paced."""
         from github.GithubException import GithubException
 
-        scope, name = self._secrets_scope(), self.config.secret_name
+        session, scope, name = self._session(), self._scope, self.config.secret_name
         options: dict[str, Any] = self._organization_options() if self.config.organization else {}
 
-        def put() -> None:  # each create_secret seals with the public key it fetches first
+        def unretried(what: str, action: Callable[[], T]) -> T:  # inside put: the transport retries put whole
+            return action()
+
+        def put_sealed(fresh: bool) -> None:
+            public = session.public_key(scope, unretried, fresh=fresh)
+            session.put_secret(scope, name, {"encrypted_value": public.seal(key), "key_id": public.key_id, **options})
+
+        def put() -> None:
             try:
-                scope.create_secret(name, key, **options)
+                put_sealed(fresh=False)
             except GithubException as error:
                 if error.status != 422:
                     raise
-                scope.create_secret(name, key, **options)  # 422: the key may have changed since our GET: once more
+                put_sealed(fresh=True)  # 422: the key may have changed since we fetched it: once more
 
         self._call(f"write secret {name} of {self.target}", put)
-        log.info("Set %s%s", self.describe(), f" (visibility {options['visibility']})" if options else "")
+        shown = {key: value for key, value in options.items() if key == "visibility"}
+        log.info("Set %s%s", self.describe(), f" (visibility {shown['visibility']})" if shown else "")
 
     def verify(self, key: str, written_at: float) -> Verification:
         secret = self._current_secret()
         if secret is None:
             return Verification(False, "metadata", f"there is no secret {self.config.secret_name} in {self.target}")
-        updated_at = secret.updated_at.timestamp()
+        updated_at = secret.updated_at
         detail = f"updated_at {_iso(updated_at)}"
         if updated_at < written_at - CLOCK_SKEW_SECONDS:
             return Verification(
@@ -312,31 +297,34 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         return Verification(succeeded, "metadata + canary", f"{detail}; {canary_detail}")
 
     def _organization_options(self) -> dict[str, Any]:
-        """``create_secret`` options: an existing secret's visibility and repositories, else the configured ones."""
-        existing = cast("OrganizationSecret | None", self._current_secret())
+        """The PUT's ``visibility`` (GitHub wants it every time) and repository ids: an existing secret's own,
+        else the configured ones."""
+        existing = self._current_secret()
         config, configured = self.config, self.config.selected_repositories
         visibility = config.visibility or ("selected" if configured is not None else "private")
-        if existing is not None:
+        if existing is not None and existing.visibility:
             if config.visibility and config.visibility != existing.visibility:
                 ignored = f"keeps its visibility {existing.visibility!r}; the inventory's {config.visibility!r}"
                 log.warning("%s %s only applies when creating it", self.describe(), ignored)
             visibility = existing.visibility
         if visibility != "selected":
             return {"visibility": visibility}
+        session = self._session()
         if existing is not None:
-            what = f"list the repositories selected for secret {config.secret_name} of {self.target}"
-            selected = self._call(what, lambda: list(existing.selected_repositories))
+            ids = session.selected_repository_ids(self._scope, config.secret_name, self._scoped)
         else:
             org = config.organization
-            selected = [self._repository(name if "/" in name else f"{org}/{name}") for name in configured or ()]
-        return {"visibility": visibility, "selected_repositories": selected}
+            named = [name if "/" in name else f"{org}/{name}" for name in configured or ()]
+            ids = [session.repository(name, self._call).id for name in named]
+        return {"visibility": visibility, "selected_repository_ids": ids}
 
     # -- the canary --------------------------------------------------------------------------------------------
 
     def _canary(self) -> tuple[Repository, Workflow]:
         """The canary's repository (the target's unless named: the config validator sees to it) and workflow."""
         assert self.config.canary is not None
-        repository = self._repository(str(self.config.canary.repository or self.config.repository))
+        named = str(self.config.canary.repository or self.config.repository)
+        repository = self._session().repository(named, self._call)
         workflow = self.config.canary.workflow
         what = f"read workflow {workflow} of repository {repository.full_name}"
         return repository, self._call(what, lambda: repository.get_workflow(workflow))
@@ -352,7 +340,9 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         dispatched_at = time.time()
         dispatched = self._call(
             f"dispatch {where} on {canary.ref}",
-            lambda: workflow.create_dispatch(canary.ref, throw=True, return_run_details=True),
+            lambda: self._session().pace.mutate(
+                lambda: workflow.create_dispatch(canary.ref, throw=True, return_run_details=True)
+            ),
         )
         seen: list[WorkflowRun | None] = [dispatched if isinstance(dispatched, WorkflowRun) else None]
 
