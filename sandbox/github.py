@@ -738,6 +738,34 @@ class GitHubSandbox(SandboxServer):
             target = self._environment(target_repo, environment)
             return json_response(200, self._environment_json(request, target_repo, target))
 
+    @route("GET", rf"{REPO}/environments")
+    def list_environments(self, request: Request, owner: str, repo: str) -> Response:
+        with self.lock:
+            caller = self._caller(request)
+            target = self._repo(caller, owner, repo, "read")
+            environments = sorted(target.environments.values(), key=lambda environment: environment.id)
+            items = [self._environment_json(request, target, environment) for environment in environments]
+            return self._paged(request, items, "environments")
+
+    @route("GET", rf"{ORG}/repos")
+    def list_org_repos(self, request: Request, org: str) -> Response:
+        """A plain JSON array (no ``total_count``) of the repositories the caller can see, as GitHub answers;
+        ``type`` all/public/private (others as all), ``sort`` created (default, newest first) or full_name."""
+        with self.lock:
+            caller = self._caller(request)
+            target = self._orgs.get(org.lower())
+            if target is None:
+                raise _abort(*NOT_FOUND)
+            kind = request.query_value("type") or "all"
+            owned = [repo for repo in self._repos.values() if repo.owner.lower() == target.login.lower()]
+            seen = [repo for repo in owned if self._level(caller, repo) is not None]
+            wanted = [repo for repo in seen if kind not in ("public", "private") or repo.private == (kind == "private")]
+            by_name = request.query_value("sort") == "full_name"
+            ascending = (request.query_value("direction") or ("asc" if by_name else "desc")) == "asc"
+            order = (lambda repo: repo.full_name.lower()) if by_name else (lambda repo: (repo.created_at, repo.id))
+            repos = sorted(wanted, key=order, reverse=not ascending)
+            return self._paged(request, [self._repo_json(request, repo, caller) for repo in repos], None)
+
     # -- public API: secrets -----------------------------------------------------------------------------
 
     @route("GET", rf"{REPO}/actions/secrets/public-key")
@@ -1179,8 +1207,9 @@ class GitHubSandbox(SandboxServer):
         }
 
     @staticmethod
-    def _paged(request: Request, items: list[dict[str, Any]], list_key: str) -> Response:
-        """``{"total_count", list_key: [...]}`` with ``page``/``per_page`` and a ``Link`` header, as GitHub pages."""
+    def _paged(request: Request, items: list[dict[str, Any]], list_key: str | None) -> Response:
+        """``{"total_count", list_key: [...]}`` (a plain array when ``list_key`` is None) with ``page``/``per_page``
+        and a ``Link`` header, as GitHub pages."""
         try:
             per_page = min(MAX_PER_PAGE, max(1, int(request.query_value("per_page") or DEFAULT_PER_PAGE)))
             page = max(1, int(request.query_value("page") or 1))
@@ -1199,7 +1228,8 @@ class GitHubSandbox(SandboxServer):
         if page > 1:
             links += [link(1, "first"), link(page - 1, "prev")]
         headers = {"Link": ", ".join(links)} if links else {}
-        return json_response(200, {"total_count": len(items), list_key: items[start : start + per_page]}, headers)
+        shown = items[start : start + per_page]
+        return json_response(200, shown if list_key is None else {"total_count": len(items), list_key: shown}, headers)
 
 
 def _call_kosli(kosli_url: str | None, kosli_org: str, value: str | None, secret_name: str) -> tuple[bool, str]:

@@ -514,3 +514,36 @@ def test_the_request_log_has_each_request_with_its_token_digest_and_times(github
     assert ADMIN not in over_http and READER not in over_http and '"put_secret"' in over_http
     github.server.reset_stats()
     assert github.server.request_log.entries() == []
+
+
+def test_repository_environments_are_listed_and_paged(github: GitHub) -> None:
+    github.server.add_environment("acme/app", "staging")
+    listed = github.call("GET", "/repos/acme/app/environments", params={"per_page": 1})
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["total_count"] == 2 and [environment["name"] for environment in body["environments"]] == ["production"]
+    assert 'rel="next"' in listed.headers["Link"] and "page=2" in listed.headers["Link"]
+    second = github.call("GET", "/repos/acme/app/environments", params={"per_page": 1, "page": 2}).json()
+    assert [environment["name"] for environment in second["environments"]] == ["staging"]
+    assert github.call("GET", "/repos/acme/tools/environments").json() == {"total_count": 0, "environments": []}
+    assert github.call("GET", "/repos/acme/app/environments", OUTSIDER).status_code == 404
+
+
+def test_organization_repositories_are_a_plain_array_filtered_by_type_and_paged(github: GitHub) -> None:
+    newest_first = github.call("GET", "/orgs/acme/repos").json()
+    assert [repository["full_name"] for repository in newest_first] == ["acme/site", "acme/tools", "acme/app"]
+    by_name = {"sort": "full_name"}
+    listed = github.call("GET", "/orgs/acme/repos", params={**by_name, "per_page": 2})
+    assert listed.status_code == 200 and isinstance(listed.json(), list)
+    assert [repository["full_name"] for repository in listed.json()] == ["acme/app", "acme/site"]
+    assert 'rel="next"' in listed.headers["Link"] and "page=2" in listed.headers["Link"]
+    rest = github.call("GET", "/orgs/acme/repos", params={**by_name, "per_page": 2, "page": 2}).json()
+    assert [repository["full_name"] for repository in rest] == ["acme/tools"]
+    private = github.call("GET", "/orgs/acme/repos", params={**by_name, "type": "private"}).json()
+    assert [repository["full_name"] for repository in private] == ["acme/app", "acme/tools"]
+    public_only = github.call("GET", "/orgs/acme/repos", params={"type": "public"}).json()
+    assert [repository["full_name"] for repository in public_only] == ["acme/site"]
+    # A token sees the public repositories and those it has access to, as on GitHub.
+    seen = github.call("GET", "/orgs/acme/repos", READER, params=by_name).json()
+    assert [repository["full_name"] for repository in seen] == ["acme/app", "acme/site"]
+    assert github.call("GET", "/orgs/nobody/repos").status_code == 404
