@@ -33,6 +33,7 @@ from typing import Any
 
 from kosli_rotation.attention import admit, refused_by_budget, watched_key_expiry
 from kosli_rotation.consumer_engine import ConsumerEngine, describe_all, for_each_consumer, plan_line
+from kosli_rotation.consumers.github_grouping import recommend_organization_secrets
 from kosli_rotation.errors import ConcurrentWriteError, ConsumerError, RunNotNeeded, VerificationError
 from kosli_rotation.facts import audit_entry, audit_name, failure_facts, key_reference
 from kosli_rotation.fingerprints import fingerprint
@@ -155,6 +156,7 @@ class Rotation:
             "due": due,
             "watched_key_expires_at": watched_key_expiry(keys, record, key_id),  # the retry budget (attention.py)
             "consumers": describe_all(consumers, today, run.updates),
+            "github_organization_secrets": recommend_organization_secrets(self.entry.consumers),
         }
         log.info("Plan for %s: %s", self.entry.dag_id, plan)
         return plan

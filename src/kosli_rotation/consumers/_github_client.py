@@ -181,6 +181,19 @@ class GithubSession:
 
         return call("list the repositories selected for the secret", fetch)
 
+    def pages(self, url: str, list_key: str | None, parameters: dict[str, Any] | None = None) -> list[Any]:
+        """Every item of a paged listing: ``{"total_count", list_key: [...]}``, or a plain array (``None``)."""
+        items: list[Any] = []
+        page = 1
+        while True:
+            data = self._get(url, {**(parameters or {}), "per_page": PAGE, "page": page})
+            found = list(data if list_key is None else data.get(list_key) or [])
+            items += found
+            total = None if list_key is None else int(data.get("total_count") or 0)
+            if len(found) < PAGE or (total is not None and len(items) >= total):
+                return items
+            page += 1
+
     def repository(self, full_name: str, call: Call) -> Repository:
         """A repository object (its id for organization secrets, its workflows for canaries), once per task."""
         known = full_name.lower()

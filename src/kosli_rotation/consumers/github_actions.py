@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kosli_rotation.consumers import transport
+from kosli_rotation.consumers import github_shadowing, transport
 from kosli_rotation.consumers._github_client import GithubSession, SecretMetadata, SharedSession
 from kosli_rotation.consumers.base import Consumer, ConsumerConfig, Verification
 from kosli_rotation.consumers.transport import Fixes, RemoteFailure, Transport
@@ -290,6 +290,11 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         if updated_at < written_at - CLOCK_SKEW_SECONDS:
             return Verification(
                 False, "metadata", f"{detail} is before the key was stored ({_iso(written_at)}): our write did not land"
+            )
+        if self.config.organization is not None:
+            org, visibility = self.config.organization, secret.visibility or "private"
+            detail += github_shadowing.unshadowed(
+                self._session(), self.name, org, self.config.secret_name, visibility, self._call
             )
         if self.config.canary is None:
             return Verification(True, "metadata", detail)
