@@ -8,8 +8,11 @@ Against the GitHub sandbox, which answers the listings as GitHub does (``tests/s
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,9 @@ from kosli_rotation.errors import ConsumerError
 from sandbox.github import GitHubSandbox
 from sandbox.kosli import KosliSandbox
 from tests.consumers.test_github_actions import ADMIN, OLD, SECRET, World
+from tests.support.client_logs import everything_logged
+from tests.support.machine_world import World as MachineWorld
+from tests.support.services import OpenBao
 
 
 @pytest.fixture(autouse=True)
@@ -153,3 +159,66 @@ def test_the_plan_groups_repository_secrets_of_one_token_name_and_owner() -> Non
     ]
     assert organization_secret_savings([config("a", repository="acme/app")]) == []
     assert organization_secret_savings([]) == []
+
+
+def test_a_dry_run_plan_recommends_an_organization_secret(
+    openbao: OpenBao,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the real preflight (OpenBao, the Kosli and GitHub sandboxes): the plan a dry run returns."""
+    from kosli_rotation.inventory import KeyEntry
+    from kosli_rotation.rotation import Rotation
+    from kosli_rotation.run_request import RunRequest
+
+    world = MachineWorld(openbao, tmp_path / "world").start()
+    try:
+        with GitHubSandbox() as github:
+            github.seed_document(
+                {
+                    "orgs": {"acme": {}},
+                    "repos": {f"acme/{name}": {} for name in ("app", "tools", "site")},
+                    "tokens": {ADMIN: {"orgs": {"acme": "admin"}}},
+                }
+            )
+            connection = {"conn_type": "github", "password": ADMIN, "host": github.url}
+            monkeypatch.setenv("AIRFLOW_CONN_GITHUB_DEFAULT", json.dumps(connection))
+            document = world.entry_document(set(KeyEntry.model_fields))
+            repositories = [
+                {"name": f"gh-{name}", "kind": "github_actions", "repository": f"acme/{name}"}
+                for name in ("app", "tools", "site")
+            ]
+            document["consumers"] += repositories
+            entry = KeyEntry.model_validate(document)
+            request = RunRequest(
+                run_id="manual__dry",
+                manual=True,
+                reason="dry run",
+                strategy="replace",
+                grace_hours=1,
+                force=True,
+                dry_run=True,
+            )
+            caplog.set_level(logging.INFO)
+            plan = Rotation(entry).preflight(request)
+    finally:
+        world.stop()
+
+    assert plan["github_organization_secrets"] == [
+        {
+            "organization": "acme",
+            "secret_name": SECRET,
+            "conn_id": "github_default",
+            "repositories": ["acme/app", "acme/tools", "acme/site"],
+            "consumers": ["gh-app", "gh-tools", "gh-site"],
+            "writes_today": 3,
+            "writes_with_an_organization_secret": 1,
+            "saved": 2,
+        }
+    ]
+    logged = everything_logged(caplog, capfd)
+    recommendation = "one organization secret with those selected repositories would take 1 write per rotation"
+    assert f"{recommendation} instead of 3 (2 saved)" in logged
+    assert world.first_key not in logged and world.first_key not in json.dumps(plan)
