@@ -222,3 +222,17 @@ def test_a_dry_run_plan_recommends_an_organization_secret(
     recommendation = "one organization secret with those selected repositories would take 1 write per rotation"
     assert f"{recommendation} instead of 3 (2 saved)" in logged
     assert world.first_key not in logged and world.first_key not in json.dumps(plan)
+
+
+def test_every_page_of_repositories_is_checked(world: World) -> None:
+    """More repositories than one page (100) holds: the shadow in the last one is still found."""
+    for number in range(101):
+        world.github.add_repo(f"acme/svc-{number:03}")
+    organization_secret(world, "all")
+    world.github.set_secret("acme/svc-100", SECRET, OLD)
+    written_at, consumer = written_and_verified(world)
+    world.github.reset_stats()
+    with pytest.raises(ConsumerError) as raised:
+        consumer.verify(world.key, written_at)
+    assert "repository acme/svc-100" in str(raised.value)
+    assert world.github.stats()["requests"].get("list_org_repos") == 2

@@ -169,15 +169,7 @@ class GithubSession:
         """The repositories an organization secret is shared with (one call per page, for its update)."""
 
         def fetch() -> list[int]:
-            ids: list[int] = []
-            page = 1
-            while True:
-                data = self._get(f"{scope}/{name}/repositories", {"per_page": PAGE, "page": page})
-                repositories = list(data.get("repositories") or [])
-                ids += [int(repository["id"]) for repository in repositories]
-                if len(repositories) < PAGE or len(ids) >= int(data.get("total_count") or 0):
-                    return ids
-                page += 1
+            return [int(repository["id"]) for repository in self.pages(f"{scope}/{name}/repositories", "repositories")]
 
         return call("list the repositories selected for the secret", fetch)
 

@@ -4,8 +4,9 @@ Written through the Airflow GitHub provider's ``GithubHook`` connection (connect
 is the token, ``host`` the API base URL for GitHub Enterprise Server, e.g. ``https://ghe.example.com/api/v3``;
 GitHub App auth through the connection's extras works too) and PyGithub's requester. The value is sealed with the
 scope's public key. GitHub never returns a secret's value, so this consumer is write-only: ``verify`` checks the
-secret's ``updated_at`` and, when configured, dispatches a canary workflow that uses the secret and waits for it
-to succeed.
+secret's ``updated_at`` (for an organization secret, also that no repository or environment secret of the same
+name shadows it: ``github_shadowing``) and, when configured, dispatches a canary workflow that uses the secret and
+waits for it to succeed.
 
 The consumers of one connection in one task share a client (``_github_client``: a public key and a listing per
 scope, about two requests per secret), and every mutating request waits its turn in the token's pace
