@@ -185,6 +185,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
         self._shared = SharedSession(lambda: self._new_session(None))
         needs = ", Environments read" if config.environment else ""
         needs += ", Actions write for the canary" if config.canary else ""
+        needs += "; Secrets and Environments read on the repositories that see it" if config.organization else ""
         fill = {"conn_id": config.conn_id, "target": self.target, "needs": needs}
         fixes = FIXES.filled(**fill)
         self._transport = Transport(
