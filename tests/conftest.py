@@ -3,6 +3,7 @@ here, at import time, before any test module imports Airflow."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -33,6 +34,12 @@ os.environ.update(
         "KOSLI_ROTATION_CLI_CONFIG_DIRS": f"/etc/kosli:{tempfile.gettempdir()}",
     }
 )
+
+# Airflow configures its logging once per process, on first import: do it here, at its default level, so no test
+# decides it for the rest of its worker. A test that imported it first with logging_level=DEBUG left the whole worker
+# at DEBUG, where Airflow 3.3.2's in-process task supervisor logs each value sent to the masker raw
+# ("Sending request ... MaskSecret(value=...)"), and a later test's "no key printed" check found its keys there.
+importlib.import_module("airflow")
 
 from tests.support.services import OpenBao  # noqa: E402
 

@@ -8,8 +8,9 @@ import pytest
 
 
 def configure_airflow_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Airflow with ``logging_level = DEBUG``, if it configures logging now. Call it from a fixture, before the
-    test's call phase: configuring replaces the root logger's handlers, caplog's among them."""
+    """``logging_level = DEBUG`` for what reads Airflow's configuration during the test. Airflow's own logging was
+    configured at its default level when tests/conftest.py imported it, so this never leaves a worker at DEBUG.
+    Call it from a fixture, before the test's call phase."""
     monkeypatch.setenv("AIRFLOW__LOGGING__LOGGING_LEVEL", "DEBUG")
     import airflow  # noqa: F401  (configures logging on first import)
 
