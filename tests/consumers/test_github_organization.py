@@ -22,17 +22,10 @@ from kosli_rotation.consumers.github_grouping import organization_secret_savings
 from kosli_rotation.errors import ConsumerError
 from sandbox.github import GitHubSandbox
 from sandbox.kosli import KosliSandbox
-from tests.consumers.test_github_actions import ADMIN, OLD, SECRET, World
+from tests.consumers.test_github_actions import ADMIN, OLD, SECRET, World, unspaced_requests  # noqa: F401 (autouse)
 from tests.support.client_logs import everything_logged
 from tests.support.machine_world import World as MachineWorld
 from tests.support.services import OpenBao
-
-
-@pytest.fixture(autouse=True)
-def unspaced_requests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PyGithub's politeness delays only slow a local sandbox down."""
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_REQUESTS", 0.0)
-    monkeypatch.setattr(github_actions, "SECONDS_BETWEEN_WRITES", 0.0)
 
 
 @pytest.fixture
