@@ -280,8 +280,9 @@ class GitHubSandbox(SandboxServer):
     that cannot see a repository gets 404, one that may see but not administer it 403, as GitHub answers.
     Every response carries ``x-ratelimit-*`` headers for ``primary_limit`` requests per ``primary_window``
     seconds per token (exhausted: 403 ``API rate limit exceeded``). ``secondary_limit`` writes per
-    ``secondary_window`` seconds per token (off when None) give ``secondary_status`` (403 or 429) with
-    ``retry-after`` (unless ``secondary_retry_after`` is false) and GitHub's secondary-limit message.
+    ``secondary_window`` seconds per token (off when None), and ``secondary_hourly_limit`` writes an hour (GitHub
+    documents 80 a minute and 500 an hour), give ``secondary_status`` (403 or 429) with ``retry-after`` (unless
+    ``secondary_retry_after`` is false) and GitHub's secondary-limit message.
     A dispatch with ``return_run_details`` gets 200 and the run's id (github.com since 2026-02); with
     ``return_run_details=False`` the sandbox answers 204 like servers that predate it.
     """
@@ -292,6 +293,7 @@ class GitHubSandbox(SandboxServer):
         "primary_window": positive_float,
         "secondary_limit": _optional_positive_int,
         "secondary_window": positive_float,
+        "secondary_hourly_limit": _optional_positive_int,
         "secondary_status": _rate_limit_status,
         "secondary_retry_after": strict_bool,
         "run_seconds": non_negative_float,
@@ -310,6 +312,7 @@ class GitHubSandbox(SandboxServer):
         primary_window: float = 3600.0,
         secondary_limit: int | None = None,
         secondary_window: float = 60.0,
+        secondary_hourly_limit: int | None = None,
         secondary_status: int = 403,
         secondary_retry_after: bool = True,
         return_run_details: bool = True,
@@ -329,7 +332,9 @@ class GitHubSandbox(SandboxServer):
         self._anonymous = _Budget(60, 3600.0)
         self._secondary = RateLimiter(secondary_limit or 1, secondary_window)
         self._secondary_on = secondary_limit is not None
-        self.rate_limiters.extend([self._primary, self._anonymous, self._secondary])
+        self._hourly = RateLimiter(secondary_hourly_limit or 1, 3600.0)
+        self._hourly_on = secondary_hourly_limit is not None
+        self.rate_limiters.extend([self._primary, self._anonymous, self._secondary, self._hourly])
         self._ids = itertools.count(1_000_001)
         self._tokens: dict[str, _Token] = {}
         self._apps: dict[str, _App] = {}  # str(app id) -> app
@@ -367,6 +372,16 @@ class GitHubSandbox(SandboxServer):
         self._secondary_on = value is not None
         if value is not None:
             self._secondary.limit = value
+
+    @property
+    def secondary_hourly_limit(self) -> int | None:
+        return self._hourly.limit if self._hourly_on else None
+
+    @secondary_hourly_limit.setter
+    def secondary_hourly_limit(self, value: int | None) -> None:
+        self._hourly_on = value is not None
+        if value is not None:
+            self._hourly.limit = value
 
     @property
     def secondary_window(self) -> float:
@@ -957,11 +972,18 @@ class GitHubSandbox(SandboxServer):
                 f"API rate limit exceeded for user ID {caller.user_id}. If you reach out to GitHub Support for help, "
                 "please include the request ID.",
             )
-        if request.method != "GET" and self._secondary_on and (wait := self._secondary.hit(token)):
+        if request.method != "GET" and (wait := self._content_creation_wait(token)):
             headers = {"retry-after": str(math.ceil(wait))} if self.secondary_retry_after else {}
             message = SECONDARY_LIMIT_MESSAGE.format(request_id=secrets.token_hex(8).upper())
             raise _abort(self.secondary_status, message, headers)
         return caller
+
+    def _content_creation_wait(self, token: str) -> float:
+        """Seconds until ``token`` may write again under the secondary limits (0.0: now; the write is counted)."""
+        wait = self._secondary.hit(token) if self._secondary_on else 0.0
+        if not wait and self._hourly_on:
+            wait = self._hourly.hit(token)
+        return wait
 
     def _level(self, caller: _Token, repo: _Repo) -> str | None:
         """The caller's permission on a repository: its grant, admin as an owner of the org, read if public."""

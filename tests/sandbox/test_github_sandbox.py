@@ -192,6 +192,15 @@ def test_secondary_rate_limit_counts_writes_only(github: GitHub, status: int) ->
     assert github.server.stats()["rate_limited"] == 1
 
 
+def test_the_hourly_content_creation_limit_holds_when_the_minute_limit_does_not(github: GitHub) -> None:
+    """GitHub documents 80 content-creating requests a minute and 500 an hour: both are enforced."""
+    github.server.apply_settings({"secondary_limit": 80, "secondary_window": 60.0, "secondary_hourly_limit": 2})
+    assert [github.put_secret(REPO_SCOPE, f"S{i}", "1").status_code for i in range(2)] == [201, 201]
+    limited = github.put_secret(REPO_SCOPE, "S2", "1")
+    assert limited.status_code == 403 and limited.json()["message"].startswith("You have exceeded a secondary")
+    assert 3590 <= int(limited.headers["retry-after"]) <= 3600, "the wait is until the hour's window ends"
+
+
 def test_rate_limit_settings_over_http(github: GitHub) -> None:
     settings = requests.post(
         f"{github.server.url}/_sandbox/settings",
