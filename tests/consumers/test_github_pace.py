@@ -4,7 +4,8 @@
 Two batches of one token run as two processes, as two Airflow task processes would, through the engine's own
 batch code (``ConsumerEngine.consumers`` and ``for_each_consumer``): their writes never overlap and are at least
 a second apart; a third batch with another token runs beside them unhindered. A worker that died holding the lease
-delays the next one until the lease expires, never longer. The generated Vault policy is enough for the lease.
+delays the next one until the lease expires, never longer. One rate-limit answer holds off every batch of the token.
+The generated Vault policy is enough for the lease.
 """
 
 from __future__ import annotations
@@ -82,16 +83,8 @@ def _mutations(github: GitHubSandbox, token: str) -> list[Served]:
     return github.request_log.entries(credential=token, mutating=True)
 
 
-def test_two_batches_of_one_token_in_two_processes_write_one_at_a_time_a_second_apart(
-    github: GitHubSandbox, vault_mount: str
-) -> None:
-    batches = {
-        "a1": [_secret(f"a1-{n}", "github_a", f"acme/r{n}") for n in (1, 2, 3)],
-        "a2": [_secret(f"a2-{n}", "github_a", f"acme/r{n}") for n in (4, 5, 6)],
-        "b": [_secret(f"b-{n}", "github_b", f"acme/r{n}") for n in (7, 8, 9)],
-    }
-    entry = _entry([consumer for batch in batches.values() for consumer in batch])
-    key = secrets.token_urlsafe(32)
+def _run_batches(entry: dict[str, Any], batches: dict[str, list[dict[str, Any]]], key: str) -> None:
+    """Each batch in a spawned process of its own, as Airflow's task processes; all must succeed."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(batches))
     workers = [
@@ -102,7 +95,21 @@ def test_two_batches_of_one_token_in_two_processes_write_one_at_a_time_a_second_
         worker.start()
     for worker in workers:
         worker.join(timeout=180)
-    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert [worker.exitcode for worker in workers] == [0] * len(batches)
+
+
+def test_two_batches_of_one_token_in_two_processes_write_one_at_a_time_a_second_apart(
+    github: GitHubSandbox, vault_mount: str
+) -> None:
+    batches = {
+        "a1": [_secret(f"a1-{n}", "github_a", f"acme/r{n}") for n in (1, 2, 3)],
+        "a2": [_secret(f"a2-{n}", "github_a", f"acme/r{n}") for n in (4, 5, 6)],
+        "b": [_secret(f"b-{n}", "github_b", f"acme/r{n}") for n in (7, 8, 9)],
+    }
+    entry = _entry([consumer for batch in batches.values() for consumer in batch])
+    key = secrets.token_urlsafe(32)
+
+    _run_batches(entry, batches, key)
 
     for number in range(1, 10):
         assert github.secret_value(f"acme/r{number}", "KOSLI_API_TOKEN") == key
@@ -125,6 +132,28 @@ def test_two_batches_of_one_token_in_two_processes_write_one_at_a_time_a_second_
         for b in inside
     ]
     assert min(nearest) < SPACING - 0.1, f"token B's writes were {nearest} s from token A's: one pace for both?"
+
+
+def test_one_rate_limit_answer_holds_off_every_batch_of_the_token(github: GitHubSandbox, vault_mount: str) -> None:
+    """GitHub: keep sending while limited and the integration may be banned. Its 403 with retry-after, answered
+    to one batch, stops the other batch's writes too until the wait is over: with one write allowed per window,
+    each window sees one write and at most one rejected attempt, never one per batch."""
+    github.apply_settings({"secondary_limit": 1, "secondary_window": 5.0})
+    batches = {
+        "a1": [_secret(f"a1-{n}", "github_a", f"acme/r{n}") for n in (1, 2)],
+        "a2": [_secret(f"a2-{n}", "github_a", f"acme/r{n}") for n in (3, 4)],
+    }
+    key = secrets.token_urlsafe(32)
+
+    _run_batches(_entry([consumer for batch in batches.values() for consumer in batch]), batches, key)
+
+    assert all(github.secret_value(f"acme/r{n}", "KOSLI_API_TOKEN") == key for n in range(1, 5))
+    attempts = _mutations(github, TOKEN_A)
+    rejected = github.stats()["rate_limited"]
+    assert len(attempts) == 4 + rejected
+    assert rejected == 3, f"{rejected} writes rejected: a batch wrote while GitHub had asked the token to wait"
+    gaps = [later.started - earlier.ended for earlier, later in itertools.pairwise(attempts)]
+    assert min(gaps) >= SPACING - 0.01, f"attempts {gaps} s apart"
 
 
 def test_a_worker_that_died_holding_the_lease_delays_the_next_only_until_it_expires(

@@ -105,12 +105,13 @@ class GithubSession:
         vault: KeyStore | None,
         spacing: Callable[[], float],
         requests_apart: float,
+        hold_off: Callable[[Exception], float | None],
     ) -> None:
         self.conn_id = conn_id
         self.github = open_github(conn_id, consumer, requests_apart)
         token = token_digest(self.github.requester.base_url, token_identity(self.github))
         where = f"connection {conn_id!r}"
-        self.pace = TokenPace(token, spacing=spacing, vault=vault, consumer=consumer, where=where)
+        self.pace = TokenPace(token, spacing=spacing, vault=vault, consumer=consumer, where=where, hold_off=hold_off)
         self._lock = threading.Lock()
         self._keys: dict[str, PublicKey] = {}
         self._listings: dict[str, dict[str, SecretMetadata]] = {}

@@ -172,6 +172,12 @@ def _classify(error: Exception) -> RemoteFailure | None:
     return RemoteFailure(error.status, message, headers)
 
 
+def _rate_limit_wait(error: Exception) -> float | None:
+    """How long GitHub asked the token to wait when it answered with its rate limit (for the token's pace)."""
+    failure = _classify(error)
+    return transport.server_wait(failure.headers) if failure is not None and failure.status == 429 else None
+
+
 class GithubActionsConsumer(Consumer[GithubActionsConfig]):
     """Creates or updates the secret; organization secrets keep their visibility and selected repositories."""
 
@@ -223,6 +229,7 @@ class GithubActionsConsumer(Consumer[GithubActionsConfig]):
             vault=vault,
             spacing=lambda: SECONDS_BETWEEN_WRITES,
             requests_apart=SECONDS_BETWEEN_REQUESTS,
+            hold_off=_rate_limit_wait,
         )
 
     def _session(self) -> GithubSession:

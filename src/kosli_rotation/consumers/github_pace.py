@@ -10,6 +10,8 @@ mount; never the token, only a SHA-256 of the API host and the token's identity)
 check-and-set write and held for one request, then released by another write; the next holder waits until
 ``spacing`` seconds after that release. Times are the versions' ``created_time``, Vault's own clock, so workers'
 clocks do not matter. A holder that dies leaves a lease that expires by itself ``LEASE_SECONDS`` after it was taken.
+When GitHub answers a write with its rate limit and a wait, the release carries that wait (``hold``): every process
+of the token holds off as long, so one rejection stops them all instead of each batch earning its own.
 
 A Vault lease rather than an Airflow pool: it needs nothing created per connection, and it holds for whatever runs
 the tasks (any executor, several DAGs, several deployments sharing a Vault), on the lock primitives the tool
@@ -47,6 +49,8 @@ PACE_PATH = "kosli-rotation/github-pace"
 LEASE_SECONDS = 30.0
 #: How often a waiting process looks whether the lease was released (jittered, so waiters do not march in step).
 POLL_SECONDS = 0.2
+#: The longest hold-off a lease may ask for (GitHub's secondary limits reset within the hour).
+MAX_HOLD_SECONDS = 3600.0
 #: How long one request waits for the lease before it fails retryable (Airflow's task retry comes back).
 ACQUIRE_TIMEOUT_SECONDS = 600.0
 
@@ -62,6 +66,7 @@ class _Local:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_ended: float = float("-inf")  # time.monotonic() when its last mutating request ended
+    hold: float = 0.0  # seconds GitHub asked this token to wait after that request (its rate limit)
 
 
 _LOCAL: dict[str, _Local] = {}
@@ -85,6 +90,15 @@ class _Held:
     version: int
 
 
+def _hold_seconds(value: Any) -> float:
+    """A lease's ``hold``, bounded: a record that says something odd holds nobody off for more than an hour."""
+    try:
+        seconds = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return min(seconds, MAX_HOLD_SECONDS) if seconds > 0 else 0.0
+
+
 class TokenPace:
     """The pace of one GitHub token: ``mutate`` runs one mutating request when it is this caller's turn.
 
@@ -92,10 +106,18 @@ class TokenPace:
     """
 
     def __init__(
-        self, token: str, *, spacing: Callable[[], float], vault: KeyStore | None, consumer: str, where: str
+        self,
+        token: str,
+        *,
+        spacing: Callable[[], float],
+        vault: KeyStore | None,
+        consumer: str,
+        where: str,
+        hold_off: Callable[[Exception], float | None] = lambda error: None,
     ) -> None:
         self.token = token
         self.spacing = spacing
+        self.hold_off = hold_off  # how long a failed request asks the whole token to wait (GitHub's rate limit)
         self.vault = vault
         self.consumer = consumer
         self.where = where  # what the token is, for messages: "connection 'github_default'"
@@ -103,19 +125,24 @@ class TokenPace:
 
     def mutate(self, action: Callable[[], T]) -> T:
         """``action()`` (one POST/PATCH/PUT/DELETE) once no other request of this token runs and at least
-        ``spacing`` seconds have passed since the last one ended, in this process or, with Vault, anywhere."""
+        ``spacing`` seconds (or the hold-off GitHub asked for) have passed since the last one ended, in this process
+        or, with Vault, anywhere."""
         local = _local(self.token)
         with local.lock:
             held = self._acquire() if self.vault is not None else None
-            wait = local.last_ended + self.spacing() - time.monotonic()
+            wait = local.last_ended + max(self.spacing(), local.hold) - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            hold = 0.0
             try:
                 return action()
+            except Exception as error:
+                hold = _hold_seconds(self.hold_off(error))
+                raise
             finally:
-                local.last_ended = time.monotonic()
+                local.last_ended, local.hold = time.monotonic(), hold
                 if held is not None:
-                    self._release(held)
+                    self._release(held, hold)
 
     # -- the lease in Vault ---------------------------------------------------------------------------------
 
@@ -134,8 +161,9 @@ class TokenPace:
                 "policy printed by `python -m kosli_rotation.vault_policy`"
             ) from None
 
-    def _read(self) -> tuple[str, int, float]:
-        """(holder, version, Vault time of that version): ("", 0, 0) when no lease was ever taken."""
+    def _read(self) -> tuple[str, int, float, float]:
+        """(holder, version, Vault time of that version, hold-off asked at its release): ("", 0, 0, 0) when no
+        lease was ever taken."""
         import hvac.exceptions
 
         assert self.vault is not None
@@ -147,12 +175,12 @@ class TokenPace:
         try:
             response = self._vault(read, "reading")["data"]
         except hvac.exceptions.InvalidPath:
-            return "", 0, 0.0
-        metadata = response["metadata"]
-        holder = str((response.get("data") or {}).get("holder") or "")
-        return holder, int(metadata["version"]), _epoch(metadata["created_time"])
+            return "", 0, 0.0, 0.0
+        metadata, data = response["metadata"], response.get("data") or {}
+        holder = str(data.get("holder") or "")
+        return holder, int(metadata["version"]), _epoch(metadata["created_time"]), _hold_seconds(data.get("hold"))
 
-    def _write(self, holder: str, version: int) -> tuple[int, float]:
+    def _write(self, holder: str, version: int, hold: float = 0.0) -> tuple[int, float]:
         """Write the lease if it is still at ``version``: (new version, its Vault time); ``ConcurrentWriteError``
         when another process wrote first."""
         import hvac.exceptions
@@ -161,7 +189,8 @@ class TokenPace:
         mount = self.vault.mount
 
         def write() -> Any:
-            return self._kv().create_or_update_secret(self.path, {"holder": holder}, cas=version, mount_point=mount)
+            lease = {"holder": holder, "hold": hold} if hold else {"holder": holder}
+            return self._kv().create_or_update_secret(self.path, lease, cas=version, mount_point=mount)
 
         try:
             data = self._vault(write, "writing")["data"]
@@ -172,13 +201,18 @@ class TokenPace:
         return int(data["version"]), _epoch(data["created_time"])
 
     def _acquire(self) -> _Held:
-        """Take the lease (waiting while another live holder has it), then wait out the spacing after the
-        previous holder's release, both on Vault's clock."""
+        """Take the lease (waiting while another live holder has it, or a hold-off runs), then wait out the
+        spacing after the previous holder's release, both on Vault's clock."""
         assert self.vault is not None
         me = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         deadline = time.monotonic() + ACQUIRE_TIMEOUT_SECONDS
         while True:
-            holder, version, since = self._read()
+            holder, version, since, hold = self._read()
+            if not holder and hold > self.spacing():
+                left = since + hold - self.vault.vault_now() - 1.0  # Vault's time is in whole seconds
+                if left > self.spacing():  # a long hold-off is waited out without holding the lease
+                    time.sleep(min(left - self.spacing(), LEASE_SECONDS / 2))
+                    continue
             if holder:
                 expires = since + LEASE_SECONDS
                 left = expires - self.vault.vault_now()
@@ -192,20 +226,20 @@ class TokenPace:
                     time.sleep(min(left, POLL_SECONDS * (0.5 + random.random())))
                     continue
                 log.warning("The pace lease of GitHub %s held by %s expired: taken over", self.where, holder)
-                since = expires  # its holder died; a request it sent ended before the lease expired
+                since, hold = expires, 0.0  # its holder died; a request it sent ended before the lease expired
             try:
                 new_version, taken_at = self._write(me, version)
             except ConcurrentWriteError:
                 continue
-            wait = since + self.spacing() - taken_at
+            wait = since + max(self.spacing(), hold) - taken_at
             if wait > 0:
                 time.sleep(wait)
             return _Held(me, new_version)
 
-    def _release(self, held: _Held) -> None:
+    def _release(self, held: _Held, hold: float) -> None:
         """Best effort: a release that fails leaves a lease that expires by itself."""
         try:
-            self._write("", held.version)
+            self._write("", held.version, hold)
         except ConcurrentWriteError:
             log.warning("The pace lease of GitHub %s was taken over while this request ran", self.where)
         except Exception as error:
