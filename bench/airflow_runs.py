@@ -59,7 +59,7 @@ def _parse(stamp: str | None) -> float | None:
 @contextlib.contextmanager
 def deployment(keys: dict[str, tuple[int, str]]) -> Iterator[Deployment]:
     """Start everything; ``keys``: key name -> (number of consumers, scheduled strategy)."""
-    from bench.fan_out import MIX, _kinds, _seed
+    from bench.fan_out_world import GITHUB_LIMITS, MIX, kinds, seed
     from demo.airflow_api import AirflowApi
     from demo.processes import Supervisor, free_ports, wait_for
     from demo.services import (
@@ -81,13 +81,14 @@ def deployment(keys: dict[str, tuple[int, str]]) -> Iterator[Deployment]:
             fleet = start_consumer_sandboxes(vault, kosli)
             for kind, _ in MIX:
                 fleet.sandbox(kind).apply_settings({"latency": LATENCY})
+            fleet.sandbox("github_actions").apply_settings(GITHUB_LIMITS)
             entries, offset = [], 0
             for name, (count, strategy) in keys.items():
                 secret = kosli.seeded.secrets[name]
                 vault.client().secrets.kv.v2.create_or_update_secret(
                     path=f"kosli/{ORG}/{name}", secret={"key": secret}, mount_point=VAULT_MOUNT
                 )
-                consumers = [_seed(fleet, kind, offset + i, secret) for i, kind in enumerate(_kinds(count))]
+                consumers = [seed(fleet, kind, offset + i, secret) for i, kind in enumerate(kinds(count))]
                 offset += count
                 entries.append(
                     {

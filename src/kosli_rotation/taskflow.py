@@ -7,12 +7,13 @@ the DAG file stays a readable list of steps.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from airflow.sdk import DAG, CronTriggerTimetable, Param, TriggerRule, chain, get_current_context, task, task_group
+from airflow.sdk import DAG, CronTriggerTimetable, TriggerRule, chain, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from kosli_rotation.attention import AttentionRequired, count_failed_run
@@ -23,10 +24,13 @@ from kosli_rotation.rotation import Rotation, RunNotNeeded, RunRequest
 from kosli_rotation.run_request import is_manual
 from kosli_rotation.scrub import describe_error, scrub, scrub_data, scrub_exception
 from kosli_rotation.sensors import WaitForGraceEnd
+from kosli_rotation.trigger_form import trigger_form
 from kosli_rotation.window_wait import WaitForRotationWindow
 from kosli_rotation.windows import describe, restricted
 
 log = logging.getLogger(__name__)
+#: The task log's line saying how long a step's own work took (``bench.airflow_runs`` reads it).
+STEP_TIMING = "step %s: its own work took %.3f s"
 
 
 def on_step_failure(entry: KeyEntry) -> Callable[[Any], None]:
@@ -78,79 +82,6 @@ FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
 
 StepMethod = Callable[[RunRequest], dict[str, Any]]
 ConsumerStepMethod = Callable[[list[str], RunRequest], dict[str, Any]]
-
-
-def trigger_form(entry: KeyEntry) -> dict[str, Param]:
-    """The manual trigger form. It holds no secret: runs are told why and how, never with what key."""
-    form = {
-        "reason": Param(
-            None,
-            type=["null", "string"],
-            maxLength=500,
-            title="Reason",
-            description="Why rotate now (incident, offboarding, ...). Required for manual runs; "
-            "recorded in the audit entry.",
-        ),
-        "strategy": Param(
-            "replace",
-            enum=["replace", "rotate"],
-            title="Strategy",
-            values_display={
-                "replace": "replace: new key, old key revoked as soon as every consumer has the new one",
-                "rotate": "rotate: Kosli rotate, old key dies when the grace period ends",
-            },
-            description=f"Manual runs only. Scheduled runs use the inventory's strategy ({entry.strategy}).",
-        ),
-        "grace_hours": Param(
-            entry.grace_hours,
-            type="integer",
-            minimum=1,
-            maximum=720,
-            title="Grace period (hours)",
-            description="How long Kosli keeps the old key alive after a 'rotate' (1 to 720).",
-        ),
-        "force": Param(
-            False,
-            type="boolean",
-            title="Force",
-            description="Rotate even though this key was rotated less than an hour ago. Nothing else.",
-        ),
-        "revoke_despite_recent_use": Param(
-            False,
-            type="boolean",
-            title="Revoke despite recent use",
-            description="'replace' only: revoke the old key although Kosli saw it used after every listed consumer "
-            "had the new key (something unlisted may break). Use it once you have found and fixed that user.",
-        ),
-        "resume_after_attention": Param(
-            False,
-            type="boolean",
-            title="Resume after attention",
-            description="Manual runs only: resume a rotation that failed max_failed_attempts runs and waits for a "
-            "person (needs attention). Fix the cause first; the run continues from where the rotation stopped.",
-        ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            title="Dry run",
-            description="Check everything and print the plan, change nothing.",
-        ),
-    }
-    if entry.consumers:
-        names = entry.consumer_names
-        form["consumers"] = Param(
-            names,
-            type="array",
-            items={"type": "string", "enum": names},
-            uniqueItems=True,
-            minItems=1,
-            examples=names,
-            title="Consumers to update",
-            description="Manual runs only; default all. Consumers left out are not written to, but the old key is "
-            "still revoked only once every consumer is verified with the new key: leave one out when something "
-            "else updates it, or to finish the others first.",
-        )
-    return form
 
 
 def run_request(entry: KeyEntry, context: Any) -> RunRequest:
@@ -235,10 +166,17 @@ class StepOwner(Protocol):
     def journal(self, run_id: str, step_name: str) -> AbstractContextManager[None]: ...
 
 
-def journal(method: Callable[..., Any], context: Any, step_name: str) -> AbstractContextManager[None]:
-    """The step's journal entry in the Vault record (see ``KeyStore.mark_step``)."""
+@contextmanager
+def journal(method: Callable[..., Any], context: Any, step_name: str) -> Iterator[None]:
+    """The step's journal entry in the Vault record (see ``KeyStore.mark_step``), and how long the step's own
+    work took, in the task's log: the rest of the task's duration is Airflow's (process start-up, parsing)."""
     owner: StepOwner = method.__self__  # type: ignore[attr-defined]
-    return owner.journal(context["dag_run"].run_id, step_name)
+    started = time.monotonic()
+    try:
+        with owner.journal(context["dag_run"].run_id, step_name):
+            yield
+    finally:
+        log.info(STEP_TIMING, step_name, time.monotonic() - started)
 
 
 def step(method: StepMethod, **task_kwargs: Any) -> Any:

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 SECTIONS = (
     "## 1. Fan-out",
-    "## 2. The same with GitHub",
+    "## 2. A token other automation",
     "## 3. Exposure window",
     "## 4. What waiting out",
     "## 5. DAG parse time",
@@ -51,12 +51,16 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_table(tmp_path: Path
     for heading in SECTIONS:
         assert heading in text, f"missing section {heading}"
     (fan_out,) = table_rows(text, SECTIONS[0])
-    assert re.fullmatch(SECONDS, fan_out[1]) and re.fullmatch(SECONDS, fan_out[2]), fan_out
+    _n, _writes, ours, _bound, ratio, ours_lost, per_secret, loop, _loop_lost, loop_breaks = fan_out
+    assert re.fullmatch(SECONDS, ours) and re.fullmatch(SECONDS, loop) and ratio.endswith("x"), fan_out
+    assert ours_lost == "0", "under GitHub's documented limits ours loses no write"
+    assert 0 < float(per_secret) <= 3.0, "a GitHub secret costs a public key, a PUT and a listing at most"
+    assert int(loop_breaks) > 0, "the shell loop ignores GitHub's second between writes: the log must show it"
     split = {row[0] for row in table_rows(text, "## 1a. Where ours spends")}
     assert "github_actions" in split, "the split by kind explains the fan-out time"
-    at_githubs_pace, exhausted = table_rows(text, SECTIONS[1])
+    (exhausted,) = table_rows(text, SECTIONS[1])
     assert int(exhausted[-3]) > 0, "the tight limit must reject writes, or the benchmark measures nothing"
-    assert at_githubs_pace[-2] == exhausted[-2] == "0", "no write of ours may fail under GitHub's rate limit"
+    assert exhausted[-2] == "0", "no write of ours may fail under GitHub's rate limit"
     assert int(exhausted[-1]) > 0, "the shell loop, which does not wait, loses writes under the tight limit"
     (exposure,) = table_rows(text, SECTIONS[2])
     assert re.fullmatch(SECONDS, exposure[1]), exposure

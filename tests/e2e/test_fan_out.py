@@ -148,6 +148,10 @@ def test_every_consumer_of_every_kind_gets_the_new_key_and_the_old_key_dies(
 
     output = console(capfd, caplog)
     assert not find_secrets_in_text(output, [new_key, scenario.old_key]), "a key was printed"
+    timed = set(re.findall(r"step (\w+)(?:\[[^]]*\])?: its own work took \d+\.\d{3} s", output))
+    assert {"preflight", "rotate_and_store", "fan_out", "verify_consumers", "revoke_old"} <= timed, (
+        f"the task log says how long each step's own work took (the rest is Airflow's); only {sorted(timed)}"
+    )
 
     secret_writes_before, generation_before = writes_before[NAMES["kubernetes_secret"]]
     assert writes_after[NAMES["kubernetes_secret"]] == (secret_writes_before + 1, generation_before + 1)
