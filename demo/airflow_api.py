@@ -90,14 +90,25 @@ class AirflowApi:
 
     def task_log(self, dag_id: str, run_id: str, task: dict[str, Any]) -> list[str]:
         """The lines of a task instance's log for its latest try (``task``: an entry of ``task_instances``)."""
+        content = self._log_content(dag_id, run_id, task)
+        if isinstance(content, str):
+            return content.splitlines()
+        return [_log_line(line) for line in content]
+
+    def task_log_entries(self, dag_id: str, run_id: str, task: dict[str, Any]) -> list[dict[str, Any]]:
+        """The structured entries of that log (``event``, ``timestamp``, ``level``...); a plain-text log gives
+        one entry per line, with its text as the event and no timestamp."""
+        content = self._log_content(dag_id, run_id, task)
+        if isinstance(content, str):
+            return [{"event": line} for line in content.splitlines()]
+        return [line if isinstance(line, dict) else {"event": str(line)} for line in content]
+
+    def _log_content(self, dag_id: str, run_id: str, task: dict[str, Any]) -> Any:
         path = (
             f"/dags/{quote(dag_id)}/dagRuns/{quote(run_id, safe='')}/taskInstances/{quote(task['task_id'])}"
             f"/logs/{max(1, int(task.get('try_number') or 1))}"
         )
-        content = self._call("GET", path, params={"map_index": task.get("map_index", -1)})["content"]
-        if isinstance(content, str):
-            return content.splitlines()
-        return [_log_line(line) for line in content]
+        return self._call("GET", path, params={"map_index": task.get("map_index", -1)})["content"]
 
     def run_page(self, dag_id: str, run_id: str) -> str:
         """Where the UI shows this run's grid and logs."""

@@ -64,6 +64,8 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_table(tmp_path: Path
     assert int(exhausted[-1]) > 0, "the shell loop, which does not wait, loses writes under the tight limit"
     (exposure,) = table_rows(text, SECTIONS[2])
     assert re.fullmatch(SECONDS, exposure[1]), exposure
+    ours_share, airflows_share = (float(cell.split()[0]) for cell in exposure[2:4])
+    assert ours_share > 0 and airflows_share > 0, f"the window is split into ours and Airflow's: {exposure}"
     _idle, waiting = table_rows(text, SECTIONS[3])
     assert waiting[1].split()[0] == "0", "a grace wait holds no worker slot"
     parsed = table_rows(text, SECTIONS[4])
