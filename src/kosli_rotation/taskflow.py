@@ -180,10 +180,13 @@ def journal(method: Callable[..., Any], context: Any, step_name: str) -> Iterato
 
 
 def step(method: StepMethod, **task_kwargs: Any) -> Any:
-    """One task running one step of ``Rotation`` for this DAG's key."""
+    """One task running one step of ``Rotation`` for this DAG's key.
+
+    Our tasks say ``multiple_outputs`` outright: it is what Airflow infers from the return annotation, but inferring
+    evaluates the annotation for every task of every key at each parse (a few percent of the parse time)."""
     entry: KeyEntry = method.__self__.entry  # type: ignore[attr-defined]
 
-    @task(task_id=method.__name__, doc_md=method.__doc__, **task_kwargs)
+    @task(task_id=method.__name__, doc_md=method.__doc__, multiple_outputs=True, **task_kwargs)
     def run_step() -> dict[str, Any]:
         context = get_current_context()
         with airflow_outcome(), journal(method, context, method.__name__):
@@ -205,6 +208,7 @@ def for_each_consumer_batch(*methods: ConsumerStepMethod, **task_kwargs: Any) ->
             task_id=method.__name__,
             doc_md=method.__doc__,
             map_index_template="{{ consumer_batch }}",
+            multiple_outputs=True,
             on_failure_callback=None,  # the gate after them records and announces every consumer failure at once
             **task_kwargs,
         )
@@ -232,7 +236,13 @@ def fail_the_run_if_any_step_failed(dag: DAG) -> None:
     """Airflow judges a run by its last tasks; the gate may skip after an earlier failure, so a watcher
     downstream of every task makes sure a failed step always fails the run."""
 
-    @task(task_id="any_step_failed", trigger_rule=TriggerRule.ONE_FAILED, retries=0, on_failure_callback=None)
+    @task(
+        task_id="any_step_failed",
+        trigger_rule=TriggerRule.ONE_FAILED,
+        retries=0,
+        on_failure_callback=None,
+        multiple_outputs=False,
+    )
     def any_step_failed() -> None:
         raise AirflowFailException("a step of this rotation failed: see the failed task for what and why")
 
@@ -254,6 +264,7 @@ def attest_step(entry: KeyEntry) -> list[Any]:
     @task(
         task_id="attest",
         doc_md=Attestation.attest.__doc__,
+        multiple_outputs=True,
         on_failure_callback=lambda context: report_attestation_failure(entry, context),
     )
     def attest() -> dict[str, Any]:
@@ -331,7 +342,7 @@ def broken_entry_dag(broken: BrokenEntry) -> DAG:
         tags={"kosli", "key-rotation", "inventory-error"},
     ) as dag:
 
-        @task(task_id="inventory_error")
+        @task(task_id="inventory_error", multiple_outputs=False)
         def inventory_error() -> None:
             raise AirflowFailException("the inventory entry is invalid:\n" + problems)
 

@@ -290,3 +290,26 @@ def test_an_unknown_family_is_an_import_error_naming_the_choices(no_network, inv
     (error,) = DagBag(dag_folder=str(folder)).import_errors.values()
 
     assert "unknown ['rotations']; choose from ['rollback', 'rotation', 'staleness']" in error
+
+
+def test_every_task_that_returns_a_mapping_pushes_its_keys_as_airflow_would_infer(no_network, inventory, monkeypatch):
+    """Our tasks state ``multiple_outputs`` (inferring it costs parse time): it must be what Airflow infers from the
+    return annotation, or a downstream ``xcom_pull(key=...)`` of a step's result would find nothing."""
+    import typing
+    from collections.abc import Mapping
+
+    attested = entry("ci-bot", attest={"flow": "key-rotations", "trail": "{name}-{date}"})
+    inventory({"keys": [attested, {"name": "broken"}]})
+    bag = parse_dags(monkeypatch)
+    assert bag.import_errors == {}
+    checked = set()
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            if task.is_mapped or not hasattr(task, "python_callable"):
+                continue  # the staleness check's one mapped task; the sensors
+            returns = typing.get_type_hints(task.python_callable).get("return")
+            origin = typing.get_origin(returns) or returns
+            inferred = isinstance(origin, type) and issubclass(origin, Mapping)
+            assert task.multiple_outputs is inferred, f"{dag.dag_id}.{task.task_id}"
+            checked.add(task.task_id)
+    assert {"preflight", "consumers.fan_out", "attest", "any_step_failed", "inventory_error"} <= checked
