@@ -32,7 +32,8 @@ for family, prefix in families.items():
     for t in dag.tasks:
         group = t.task_group.group_id if t.task_group is not None else None
         tasks.append({{"task_id": t.task_id, "local_id": t.task_id.split(".")[-1], "group": group,
-            "upstream": sorted(t.upstream_task_ids), "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule), "retries": t.retries,
+            "upstream": sorted(t.upstream_task_ids), "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
+            "retries": t.retries,
             "map_index_template": getattr(t, "map_index_template", None),
             "mapped": bool(getattr(t, "is_mapped", False))}})
     forms = {{name: dag.params.get_param(name) for name in dag.params.keys()}}
