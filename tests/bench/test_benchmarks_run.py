@@ -70,5 +70,8 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_table(tmp_path: Path
     assert waiting[1].split()[0] == "0", "a grace wait holds no worker slot"
     parsed = table_rows(text, SECTIONS[4])
     assert len(parsed) == 2 and all(int(row[-1].split()[0]) > 0 for row in parsed), "parsing takes some memory"
+    assert all(re.fullmatch(SECONDS, row[3]) and re.fullmatch(r"\d+\.\d+x", row[4]) for row in parsed), (
+        "our parse time is set against bare TaskFlow DAGs of the same shape"
+    )
     per_task = {row[0]: row[1] for row in table_rows(text, SECTIONS[5])}
     assert re.fullmatch(SECONDS, per_task["`(whole run)`"].split(" ±")[0])
