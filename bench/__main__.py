@@ -19,7 +19,7 @@ from bench.report import Section
 REPO = Path(__file__).resolve().parents[1]
 #: Module name -> what it measures, in the order of the issue.
 BENCHMARKS = {
-    "fan_out": "1-2: fan-out to N consumers, with and without GitHub's rate limit",
+    "fan_out": "1-2: fan-out to N consumers under GitHub's limits, and with a token's budget mostly used",
     "airflow_runs": "3, 4, 6: exposure window, grace wait cost, end-to-end per task (airflow standalone)",
     "parse_time": "5: DAG parse time and memory by inventory size",
 }

@@ -30,7 +30,7 @@ import yaml
 from bench.report import Sample, Section
 
 LATENCY = 0.05
-EXPOSURE_SIZES, QUICK_EXPOSURE_SIZES = {10: 3, 200: 2}, {2: 1}
+EXPOSURE_SIZES, QUICK_EXPOSURE_SIZES = {10: 3, 200: 1}, {2: 1}
 #: The line each step logs at its end (``kosli_rotation.taskflow.STEP_TIMING``).
 OWN_WORK = re.compile(r"^step (?P<step>.+): its own work took (?P<seconds>\d+\.\d+) s$")
 GRACE_HOURS = 1  # one Kosli hour of the sandbox: HOUR_SECONDS
