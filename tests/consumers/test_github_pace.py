@@ -179,6 +179,30 @@ def test_a_worker_that_died_holding_the_lease_delays_the_next_only_until_it_expi
     assert lease["data"]["data"] == {"holder": ""}  # released after the write
 
 
+def test_a_long_hold_off_fails_the_write_retryable_once_the_wait_runs_out(
+    github: GitHubSandbox, vault_mount: str, openbao: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GitHub's hourly limit can ask a token to wait most of an hour: a write does not sleep through that inside
+    its task, it fails retryable after the pace's own timeout (Airflow's retry comes back), writing nothing."""
+    monkeypatch.setattr(github_pace, "ACQUIRE_TIMEOUT_SECONDS", 2.0)
+    entry = KeyEntry.model_validate(_entry([_secret("a1", "github_a", "acme/r1")]))
+    consumers = ConsumerEngine(entry, KeyStore(RECORD)).consumers()
+    consumers[0].check_access()
+    lease = f"{PACE_PATH}/{token_digest(github.url, f'token {TOKEN_A}')}"
+    openbao.client().secrets.kv.v2.create_or_update_secret(  # what a release after GitHub's hourly 403 leaves
+        path=lease, secret={"holder": "", "hold": 3000.0}, mount_point=vault_mount
+    )
+    github.reset_stats()
+
+    started = time.monotonic()
+    with pytest.raises(ConsumerError) as raised:
+        consumers[0].write(secrets.token_urlsafe(32))
+
+    assert time.monotonic() - started < 30, "it slept through the hold-off instead of giving up"
+    assert raised.value.retryable and "asked it to wait 3000 s" in str(raised.value)
+    assert github.stats()["requests"].get("put_secret", 0) == 0, "it wrote while GitHub asked the token to wait"
+
+
 def test_about_two_requests_per_secret_for_a_batch(
     github: GitHubSandbox, vault_mount: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

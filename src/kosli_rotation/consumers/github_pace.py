@@ -211,18 +211,14 @@ class TokenPace:
             if not holder and hold > self.spacing():
                 left = since + hold - self.vault.vault_now() - 1.0  # Vault's time is in whole seconds
                 if left > self.spacing():  # a long hold-off is waited out without holding the lease
+                    self._give_up_after(deadline, f"GitHub asked it to wait {hold:g} s (its rate limit)")
                     time.sleep(min(left - self.spacing(), LEASE_SECONDS / 2))
                     continue
             if holder:
                 expires = since + LEASE_SECONDS
                 left = expires - self.vault.vault_now()
                 if left > 0:
-                    if time.monotonic() > deadline:
-                        raise ConsumerError(
-                            self.consumer,
-                            f"the GitHub token of {self.where} stayed busy for {ACQUIRE_TIMEOUT_SECONDS:g} s "
-                            f"(held by {holder}); try again later",
-                        )
+                    self._give_up_after(deadline, f"held by {holder}")
                     time.sleep(min(left, POLL_SECONDS * (0.5 + random.random())))
                     continue
                 log.warning("The pace lease of GitHub %s held by %s expired: taken over", self.where, holder)
@@ -235,6 +231,15 @@ class TokenPace:
             if wait > 0:
                 time.sleep(wait)
             return _Held(me, new_version)
+
+    def _give_up_after(self, deadline: float, why: str) -> None:
+        """Fail retryable once the token has kept this request waiting ``ACQUIRE_TIMEOUT_SECONDS``."""
+        if time.monotonic() > deadline:
+            raise ConsumerError(
+                self.consumer,
+                f"the GitHub token of {self.where} stayed busy for {ACQUIRE_TIMEOUT_SECONDS:g} s ({why}); "
+                "try again later",
+            )
 
     def _release(self, held: _Held, hold: float) -> None:
         """Best effort: a release that fails leaves a lease that expires by itself."""
