@@ -20,6 +20,7 @@ already keeps its records with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -137,7 +138,8 @@ class TokenPace:
             try:
                 return action()
             except Exception as error:
-                hold = _hold_seconds(self.hold_off(error))
+                with contextlib.suppress(Exception):  # reading the answer's wait must never hide the error
+                    hold = _hold_seconds(self.hold_off(error))
                 raise
             finally:
                 local.last_ended, local.hold = time.monotonic(), hold
@@ -211,7 +213,8 @@ class TokenPace:
             if not holder and hold > self.spacing():
                 left = since + hold - self.vault.vault_now() - 1.0  # Vault's time is in whole seconds
                 if left > self.spacing():  # a long hold-off is waited out without holding the lease
-                    self._give_up_after(deadline, f"GitHub asked it to wait {hold:g} s (its rate limit)")
+                    # One that outlasts this request's wait fails it now, not after ACQUIRE_TIMEOUT_SECONDS asleep.
+                    self._give_up_after(deadline - left, f"GitHub asked it to wait {hold:g} s (its rate limit)")
                     time.sleep(min(left - self.spacing(), LEASE_SECONDS / 2))
                     continue
             if holder:
@@ -233,12 +236,12 @@ class TokenPace:
             return _Held(me, new_version)
 
     def _give_up_after(self, deadline: float, why: str) -> None:
-        """Fail retryable once the token has kept this request waiting ``ACQUIRE_TIMEOUT_SECONDS``."""
+        """Fail retryable once the token keeps this request waiting past ``ACQUIRE_TIMEOUT_SECONDS``."""
         if time.monotonic() > deadline:
             raise ConsumerError(
                 self.consumer,
-                f"the GitHub token of {self.where} stayed busy for {ACQUIRE_TIMEOUT_SECONDS:g} s ({why}); "
-                "try again later",
+                f"the GitHub token of {self.where} keeps this request waiting past {ACQUIRE_TIMEOUT_SECONDS:g} s "
+                f"({why}); try again later",
             )
 
     def _release(self, held: _Held, hold: float) -> None:
